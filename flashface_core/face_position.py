@@ -1,0 +1,75 @@
+"""The face-position mask: FlashFace's fifth U-Net input channel.
+
+The official demo marks a square of side max(w, h) whose top-left corner is the box's
+(x1, y1), in pixels (``int(fraction * size)``), and feeds it at latent resolution by taking
+every 8th pixel. (The demo's code computes the width as ``x2 - y1``; we follow the
+documented square of side ``max(x2 - x1, y2 - y1)``.) An all-zero box means "no constraint".
+"""
+
+import math
+
+import torch
+
+LATENT_STRIDE = 8
+
+
+def validate_face_box(box) -> tuple[float, float, float, float]:
+    """Return the box as floats, or raise with a message that says what to fix."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if (x1, y1, x2, y2) == (0.0, 0.0, 0.0, 0.0):
+        return x1, y1, x2, y2
+    if not all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)):
+        raise ValueError(f"Face box {box} must use fractions of the image between 0 and 1.")
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"Face box {box} is empty: it needs x2 > x1 and y2 > y1 (or all zeros for no constraint).")
+    return x1, y1, x2, y2
+
+
+def face_box_mask(box, latent_height: int, latent_width: int) -> torch.Tensor:
+    """The [latent_height, latent_width] mask for a face box given as image fractions."""
+    x1, y1, x2, y2 = validate_face_box(box)
+    mask = torch.zeros(latent_height, latent_width)
+    if (x1, y1, x2, y2) == (0.0, 0.0, 0.0, 0.0):
+        return mask
+    height, width = latent_height * LATENT_STRIDE, latent_width * LATENT_STRIDE
+    left, top = int(x1 * width), int(y1 * height)
+    side = max(int(x2 * width) - left, int(y2 * height) - top)
+    rows = slice(math.ceil(top / LATENT_STRIDE), math.ceil(min(top + side, height) / LATENT_STRIDE))
+    cols = slice(math.ceil(left / LATENT_STRIDE), math.ceil(min(left + side, width) / LATENT_STRIDE))
+    mask[rows, cols] = 1.0
+    return mask
+
+
+def resize_face_mask(mask: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
+    """A user MASK ([H, W] or [B, H, W], any resolution) at latent resolution, as [B, H, W].
+
+    Nearest sampling at pixel centres of each 8x8 cell, so a pixel-exact mask matches the
+    demo's every-8th-pixel sampling when its size is 8x the latent size.
+    """
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise ValueError(f"The face mask must be [H, W] or [B, H, W]; got shape {tuple(mask.shape)}.")
+    if mask.shape[-2:] == (latent_height * LATENT_STRIDE, latent_width * LATENT_STRIDE):
+        return mask[:, ::LATENT_STRIDE, ::LATENT_STRIDE].float()
+    resized = torch.nn.functional.interpolate(mask[:, None].float(), size=(latent_height, latent_width), mode="nearest")
+    return resized[:, 0]
+
+
+class FacePosition:
+    """Where the face goes: a box as image fractions, or a MASK; None of either = anywhere."""
+
+    def __init__(self, box=None, mask: torch.Tensor | None = None):
+        self.box = validate_face_box(box) if box is not None else None
+        self.mask = mask
+
+    def latent_mask(self, latent_height: int, latent_width: int) -> torch.Tensor:
+        """The mask channel as [B, latent_height, latent_width] (B = 1 for a box)."""
+        if self.mask is not None:
+            return resize_face_mask(self.mask, latent_height, latent_width)
+        if self.box is not None:
+            return face_box_mask(self.box, latent_height, latent_width)[None]
+        return torch.zeros(1, latent_height, latent_width)
+
+    def __deepcopy__(self, memo):
+        return self

@@ -1,0 +1,120 @@
+"""Running the golden checks: single U-Net evaluations of a golden set through ComfyUI.
+
+Each evaluation goes through ComfyUI's own condition batching (``calc_cond_batch``), so
+the condition indices, batching and FlashFace patches are exactly those of a sampler run.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sampler_helpers
+import comfy.samplers
+import torch
+from safetensors.torch import load_file
+
+from .face_position import FacePosition
+from .model import load_flashface
+from .reference_attention import STRENGTHS_KEY, FACE_MASK_KEY, FlashFaceSettings, set_settings
+from .references import FlashFaceReferences
+
+CHECKPOINT = "flashface_tiny.ckpt"
+SETTINGS = "golden.json"
+TENSORS = "golden.safetensors"
+
+
+@dataclass
+class GoldenSet:
+    path: Path
+    settings: dict
+    tensors: dict
+
+    @classmethod
+    def load(cls, path: Path) -> "GoldenSet":
+        return cls(path, json.loads((path / SETTINGS).read_text()), load_file(str(path / TENSORS)))
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+
+def find_golden_sets(roots) -> list[Path]:
+    """Every folder below ``roots`` holding a complete golden set."""
+    found = set()
+    for root in map(Path, roots):
+        for settings in root.rglob(SETTINGS):
+            folder = settings.parent
+            if (folder / CHECKPOINT).is_file() and (folder / TENSORS).is_file():
+                found.add(folder.resolve())
+    return sorted(found)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.double() - reference.double()).norm() / reference.double().norm())
+
+
+def flashface_model_for(golden: GoldenSet, weight_dtype: str = "fp32", strength: float | None = None):
+    """The golden checkpoint through LoadFlashFace's loader, with the set's references."""
+    patcher = load_flashface(golden.checkpoint, weight_dtype)
+    model = patcher.clone()
+    latent_format = patcher.model.latent_format
+    settings = FlashFaceSettings(
+        references=FlashFaceReferences(latent_format.process_out(golden.tensors["ref_latents"])),
+        reference_context=golden.tensors["uncond"],
+        strength=golden.settings["settings"]["feature_strength"] if strength is None else strength,
+    )
+    set_settings(model, settings)
+    return model
+
+
+@torch.no_grad()
+def evaluate_conditions(model, x: torch.Tensor, timestep: int, contexts: list, strengths: list, face_mask: torch.Tensor) -> list:
+    """The raw U-Net outputs (eps) for each condition at integer ``timestep``.
+
+    ``x`` is the U-Net input as the official code feeds it; ComfyUI's sampler state is
+    ``x * sqrt(1 + sigma^2)``.
+    """
+    comfy.model_management.load_models_gpu([model])
+    base = model.model
+    device = model.load_device
+    sigma = base.model_sampling.sigma(torch.tensor([float(timestep)])).to(device)
+    scale = (sigma**2 + 1).sqrt()
+    x_sampler = (x.to(device) * scale).float()
+    model_options = comfy.model_patcher.create_model_options_clone(model.model_options)
+    conds = {}
+    for index, context in enumerate(contexts):
+        cond = comfy.sampler_helpers.convert_cond([[context, {FACE_MASK_KEY: FacePosition(mask=face_mask)}]])
+        conds[str(index)] = cond
+    comfy.sampler_helpers.prepare_model_patcher(model, conds, model_options)
+    model_options["transformer_options"][STRENGTHS_KEY] = dict(enumerate(strengths))
+    conds = comfy.samplers.process_conds(base, x_sampler, conds, device)
+    sigmas = sigma.expand(x.shape[0])
+    model.pre_run()
+    try:
+        denoised = comfy.samplers.calc_cond_batch(base, [conds[str(i)] for i in range(len(contexts))], x_sampler, sigmas, model_options)
+    finally:
+        model.cleanup()
+    return [((x_sampler - d) / sigma).float().cpu() for d in denoised]
+
+
+def unet_outputs(golden: GoldenSet, model) -> dict:
+    """The three single-evaluation outputs the golden set describes."""
+    t = golden.tensors
+    settings = golden.settings["settings"]
+    lam, lam_early = settings["feature_strength"], settings["feature_strength_before_ref_guidance"]
+    x, mask = t["x"], t["mask"]
+    outputs = {
+        "out_3cond_t500": evaluate_conditions(model, x, 500, [t["cond"], t["cond"], t["uncond"]], [lam, 0.0, 0.0], mask),
+        "out_2cond_t900": evaluate_conditions(model, x, 900, [t["cond"], t["uncond"]], [lam_early, lam_early], mask),
+        "out_2cond_t900_strength0": evaluate_conditions(model, x, 900, [t["cond"], t["uncond"]], [0.0, 0.0], mask),
+    }
+    return {name: torch.cat(chunks) for name, chunks in outputs.items()}
+
+
+def check(golden: GoldenSet) -> dict:
+    """Relative error of every output this port reproduces."""
+    model = flashface_model_for(golden)
+    outputs = unet_outputs(golden, model)
+    return {name: relative_error(value, golden.tensors[name]) for name, value in outputs.items()}

@@ -1,0 +1,156 @@
+"""The FlashFace model as a native ComfyUI model.
+
+``FlashFaceModel`` is a ComfyUI ``BaseModel`` whose ``diffusion_model`` is ComfyUI's own
+SD1.5 ``UNetModel`` (5 input channels) and which also owns the reference U-Net's blocks and
+the reference-attention layers, so ComfyUI's model management loads, offloads, casts and
+LoRA-patches them together. The injection that ties them together lives in
+``reference_attention.py``.
+"""
+
+import logging
+
+import comfy.model_base
+import comfy.model_detection
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.supported_models
+import comfy.utils
+import torch
+from comfy.ldm.modules.attention import CrossAttention, SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+from . import checkpoint, reference_attention
+
+# Every GroupNorm of the official U-Nets; ComfyUI builds ResBlocks and `out` with 1e-5.
+GROUP_NORM_EPS = 1e-6
+
+
+class FlashFaceConfig(comfy.supported_models.SD15):
+    """SD1.5 with a 5-channel main U-Net that is *not* an inpainting model.
+
+    ComfyUI treats any SD1.5 U-Net with more than 4 input channels as inpainting and feeds
+    it a mask and a masked image of its own; FlashFace's fifth channel is the face-position
+    mask, supplied by ``FlashFaceModel.concat_cond``.
+    """
+
+    def inpaint_model(self):
+        return False
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return FlashFaceModel(self, device=device)
+
+
+class ReferenceUNet(torch.nn.Module):
+    """The reference U-Net's encoder and decoder blocks (its time embedding and middle block
+    are the main U-Net's, as in the released model)."""
+
+    def __init__(self, unet_config: dict, device, operations):
+        super().__init__()
+        unet = UNetModel(**{**unet_config, "in_channels": 4}, device=device, operations=operations)
+        self.input_blocks = unet.input_blocks
+        self.output_blocks = unet.output_blocks
+
+
+def reference_attention_layers(unet: UNetModel, device, operations, dtype) -> torch.nn.ModuleDict:
+    """One reference attention per transformer block of the middle block and the decoder."""
+    layers = {}
+    blocks = [(("middle", 0), unet.middle_block)] + [(("output", i), b) for i, b in enumerate(unet.output_blocks)]
+    for block, module in blocks:
+        for child in module:
+            if not isinstance(child, SpatialTransformer):
+                continue
+            for index, transformer in enumerate(child.transformer_blocks):
+                attn1 = transformer.attn1
+                layers[checkpoint.reference_attention_name(block, index)] = CrossAttention(
+                    query_dim=attn1.to_q.in_features,
+                    heads=attn1.heads,
+                    dim_head=attn1.dim_head,
+                    attn_precision=attn1.attn_precision,
+                    dtype=dtype,
+                    device=device,
+                    operations=operations,
+                )
+    return torch.nn.ModuleDict(layers)
+
+
+class FlashFaceModel(comfy.model_base.BaseModel):
+    def __init__(self, model_config: FlashFaceConfig, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device)
+        unet_config = model_config.unet_config
+        operations = comfy.ops.pick_operations(unet_config.get("dtype"), self.manual_cast_dtype)
+        self.reference_unet = ReferenceUNet(unet_config, device, operations)
+        self.reference_attention = reference_attention_layers(self.diffusion_model, device, operations, unet_config.get("dtype"))
+        for module in self.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.eps = GROUP_NORM_EPS
+
+    def concat_cond(self, **kwargs):
+        """The face-position mask channel (zeros, i.e. no constraint, unless a cond carries one)."""
+        noise = kwargs["noise"]
+        position = kwargs.get(reference_attention.FACE_MASK_KEY)
+        if position is None:
+            return torch.zeros_like(noise[:, :1])
+        mask = position.latent_mask(noise.shape[-2], noise.shape[-1])
+        return comfy.utils.resize_to_batch_size(mask[:, None], noise.shape[0]).to(noise)
+
+    def load_model_weights(self, sd, unet_prefix=""):
+        """Load every tensor of a pack-layout state dict; anything missing or extra is an error."""
+        missing, unexpected = self.load_state_dict(sd, strict=False, assign=False)
+        missing = [k for k in missing if k.startswith(checkpoint.PACK_PREFIXES)]
+        if missing or unexpected:
+            raise checkpoint.CheckpointError(
+                "The checkpoint does not fit the FlashFace-SD1.5 architecture "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]}); download or convert it again."
+            )
+        return self
+
+
+WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def unet_config_from_state_dict(state_dict: dict) -> dict:
+    """Infer the U-Net configuration from tensor shapes (the tiny golden models and the real
+    320-channel file take the same path)."""
+    config = comfy.model_detection.detect_unet_config(state_dict, checkpoint.MAIN_PREFIX)
+    if config is None or config.get("context_dim") is None:
+        raise checkpoint.CheckpointError("Could not read an SD1.5 U-Net configuration from the checkpoint's shapes.")
+    return config
+
+
+def build_model_patcher(state_dict: dict, weight_dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
+    """Build the managed FlashFace MODEL from a pack-layout state dict.
+
+    Device and dtype follow ComfyUI's own choices (``--lowvram``, ``--cpu``, fp16/bf16
+    support), as ``comfy.sd.load_diffusion_model_state_dict`` does for other U-Nets.
+    """
+    model_config = FlashFaceConfig(unet_config_from_state_dict(state_dict))
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    if weight_dtype is None:
+        weight_dtype = comfy.model_management.unet_dtype(
+            model_params=comfy.utils.calculate_parameters(state_dict),
+            supported_dtypes=list(model_config.supported_inference_dtypes),
+            weight_dtype=comfy.utils.weight_dtype(state_dict),
+        )
+    manual_cast_dtype = comfy.model_management.unet_manual_cast(weight_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(weight_dtype, manual_cast_dtype)
+    model = model_config.get_model(state_dict)
+    model.load_model_weights(state_dict)
+    model = model.to(offload_device)
+    logging.info("FlashFace model: %s weights, compute %s", weight_dtype, manual_cast_dtype or weight_dtype)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    reference_attention.install(patcher)
+    return patcher
+
+
+def load_flashface(path, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
+    """Read a FlashFace checkpoint (official or pack layout) into a ComfyUI MODEL."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype!r}.")
+    state_dict = checkpoint.load_flashface_state_dict(path)
+    return build_model_patcher(state_dict, WEIGHT_DTYPES[weight_dtype])
+
+
+def is_flashface_model(model) -> bool:
+    return isinstance(getattr(model, "model", None), FlashFaceModel)

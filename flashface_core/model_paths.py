@@ -1,0 +1,37 @@
+"""Model folders this pack reads, registered with ComfyUI's ``folder_paths``.
+
+``models/flashface`` holds FlashFace checkpoints; ``models/insightface`` is where ComfyUI's
+other face packs keep insightface model packs (``models/insightface/models/<pack>/``).
+Paths a user or ``extra_model_paths.yaml`` already registered are kept.
+"""
+
+import os
+
+import folder_paths
+
+FLASHFACE = "flashface"
+INSIGHTFACE = "insightface"
+CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
+
+
+def _register(name: str, extensions: set[str]):
+    default = os.path.join(folder_paths.models_dir, name)
+    if name in folder_paths.folder_names_and_paths:
+        paths, known = folder_paths.folder_names_and_paths[name]
+        if default not in paths:
+            paths.append(default)
+        folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
+    else:
+        folder_paths.folder_names_and_paths[name] = ([default], extensions)
+
+
+def register_model_folders():
+    """Idempotent; called when the pack is imported by ComfyUI."""
+    _register(FLASHFACE, CHECKPOINT_EXTENSIONS)
+    _register(INSIGHTFACE, set())
+
+
+def insightface_roots() -> list[str]:
+    """Folders that may hold ``models/<pack>/`` insightface model packs, user paths first."""
+    register_model_folders()
+    return folder_paths.get_folder_paths(INSIGHTFACE)

@@ -1,0 +1,42 @@
+"""The reference faces as they travel between nodes (socket type ``FLASHFACE_REFERENCES``)."""
+
+from dataclasses import dataclass
+
+import torch
+
+LATENT_CHANNELS = 4
+
+
+@dataclass(frozen=True)
+class FlashFaceReferences:
+    """Reference face latents, one per aligned face crop.
+
+    ``latents`` follow ComfyUI's LATENT convention: what ``VAE.encode`` returns, not yet
+    multiplied by the SD1.5 scale factor (the model applies ``process_latent_in``).
+    """
+
+    latents: torch.Tensor
+
+    def __post_init__(self):
+        latents = self.latents
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
+            raise ValueError(
+                "FlashFace reference latents must be a [N, 4, H, W] tensor; got "
+                f"{type(latents).__name__} {tuple(getattr(latents, 'shape', ()))}."
+            )
+        if latents.shape[0] == 0:
+            raise ValueError("FlashFace needs at least one reference face; the batch is empty.")
+        if latents.shape[1] != LATENT_CHANNELS:
+            raise ValueError(
+                f"FlashFace reference latents must have {LATENT_CHANNELS} channels (SD1.5 VAE), "
+                f"got {latents.shape[1]}. Encode the face crops with an SD1.5 VAE."
+            )
+        if not latents.is_floating_point():
+            raise ValueError(f"FlashFace reference latents must be floating point, got {latents.dtype}.")
+
+    def __len__(self):
+        return self.latents.shape[0]
+
+    def __deepcopy__(self, memo):
+        # Immutable: model clones share it instead of copying the tensor.
+        return self

@@ -1,0 +1,73 @@
+"""Test setup: find the ComfyUI host and make the pack importable as ``comfyui_flashface``.
+
+The pack is registered as a package without running its ``__init__`` (which registers
+nodes with ComfyUI), so host-free tests can import ``comfyui_flashface.flashface_core``
+modules, and host tests import ``comfyui_flashface.nodes`` after the host is set up.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GOLDEN_DIR = SHARED / "golden"
+FACES_DIR = SHARED / "faces"
+PACKAGE = "comfyui_flashface"
+
+
+def _register_pack():
+    if PACKAGE in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    sys.modules[PACKAGE] = importlib.util.module_from_spec(spec)
+
+
+_register_pack()
+
+from comfyui_flashface.flashface_core import comfy_host  # noqa: E402
+
+HOST = comfy_host.find_comfyui()
+NO_HOST_REASON = (
+    "ComfyUI host not found (set COMFYUI_PATH, or put this pack in ComfyUI/custom_nodes/, "
+    "or keep ~/ComfyUI): host tests skipped"
+)
+if HOST is not None:
+    comfy_host.import_comfyui()
+
+
+def pytest_report_header(config):
+    return f"ComfyUI host: {HOST}" if HOST else NO_HOST_REASON
+
+
+def pytest_collection_modifyitems(config, items):
+    if HOST is not None:
+        return
+    skip = pytest.mark.skip(reason=NO_HOST_REASON)
+    for item in items:
+        if "host" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if HOST is None:
+        terminalreporter.write_line(NO_HOST_REASON, yellow=True)
+
+
+@pytest.fixture(scope="session")
+def golden_sets():
+    sets = sorted(p.parent for p in GOLDEN_DIR.glob("*/golden.json"))
+    if not sets:
+        pytest.skip(f"no golden sets under {GOLDEN_DIR}")
+    return sets
+
+
+@pytest.fixture(scope="session")
+def faces_dir():
+    if not FACES_DIR.is_dir():
+        pytest.skip(f"no reference photos at {FACES_DIR}")
+    return FACES_DIR
