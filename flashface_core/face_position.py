@@ -71,5 +71,17 @@ class FacePosition:
             return face_box_mask(self.box, latent_height, latent_width)[None]
         return torch.zeros(1, latent_height, latent_width)
 
+    def check_fits(self, latent_height: int, latent_width: int):
+        """Raise if a MASK is neither the image's nor the latent's size."""
+        if self.mask is None:
+            return
+        size = tuple(self.mask.shape[-2:])
+        allowed = {(latent_height, latent_width), (latent_height * LATENT_STRIDE, latent_width * LATENT_STRIDE)}
+        if size not in allowed:
+            raise ValueError(
+                f"The face mask is {size[1]}x{size[0]} but the image is {latent_width * LATENT_STRIDE}x"
+                f"{latent_height * LATENT_STRIDE}: make the mask the size of the image."
+            )
+
     def __deepcopy__(self, memo):
         return self

@@ -1,0 +1,131 @@
+"""Checkpoint reading and key conversion (torch only; no ComfyUI needed)."""
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfyui_flashface.flashface_core import checkpoint
+from comfyui_flashface.flashface_core.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def official(golden_sets):
+    path = golden_sets[0] / "flashface_tiny.ckpt"
+    return path, torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def test_every_official_tensor_is_converted_once_or_dropped_on_purpose(official):
+    path, state_dict = official
+    converted, report = checkpoint.convert_official(state_dict, path)
+    assert set(report.converted) | set(report.dropped) == set(state_dict)
+    assert not set(report.converted) & set(report.dropped)
+    assert len(set(report.converted.values())) == len(report.converted) == len(converted)
+    dropped_roots = {k.split(".")[0] for k in report.dropped}
+    assert dropped_roots == {"ref_middle", "encoder", "middle", "decoder"}
+    # The aliases really are the main U-Net's tensors, so dropping them loses nothing.
+    for key in report.dropped:
+        if not key.startswith("ref_middle."):
+            assert torch.equal(state_dict[key], state_dict["ori_" + key])
+
+
+def test_layout_of_converted_keys(official):
+    _, state_dict = official
+    converted, _ = checkpoint.convert_official(state_dict)
+    names = {k.split(".")[1] for k in converted if k.startswith("reference_attention.")}
+    assert names == {"middle_0_0"} | {f"output_{i}_0" for i in range(3, 12)}
+    assert converted["diffusion_model.input_blocks.0.0.weight"].shape[1] == 5
+    assert converted["reference_unet.input_blocks.0.0.weight"].shape[1] == 4
+    assert converted["diffusion_model.time_embed.0.weight"] is state_dict["time_embedding.0.weight"]
+    assert converted["diffusion_model.out.2.weight"] is state_dict["head.2.weight"]
+    assert converted["diffusion_model.input_blocks.3.0.op.weight"] is state_dict["ori_encoder.3.weight"]
+    assert converted["diffusion_model.output_blocks.5.2.conv.weight"] is state_dict["ori_decoder.5.2.1.weight"]
+    assert converted["reference_attention.output_5_0.to_out.0.bias"] is state_dict[
+        "ori_decoder.5.1.blocks.0.self_attn.self_attn_first.o.bias"
+    ]
+    assert not any(k.startswith("reference_unet.middle_block") for k in converted)
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("ori_middle.0.layer1.0.weight", "diffusion_model.middle_block.0.in_layers.0.weight"),
+        ("ori_middle.1.blocks.0.ffn.0.proj.bias", "diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.bias"),
+        ("ref_decoder.11.1.conv1.weight", "reference_unet.output_blocks.11.1.proj_in.weight"),
+        ("ref_encoder.1.1.blocks.0.cross_attn.o.weight", "reference_unet.input_blocks.1.1.transformer_blocks.0.attn2.to_out.0.weight"),
+        ("ori_encoder.4.0.shortcut.weight", "diffusion_model.input_blocks.4.0.skip_connection.weight"),
+        ("ori_middle.1.blocks.0.self_attn.self_attn_first.q.weight", "reference_attention.middle_0_0.to_q.weight"),
+        ("ref_middle.0.layer1.0.weight", None),
+        ("model.diffusion_model.input_blocks.0.0.weight", None),
+    ],
+)
+def test_key_mapping(key, expected):
+    assert checkpoint.convert_official_key(key) == expected
+
+
+def test_pack_safetensors_round_trip(official, tmp_path):
+    path, state_dict = official
+    converted, _ = checkpoint.convert_official(state_dict)
+    target = tmp_path / "flashface.safetensors"
+    save_file({k: v.contiguous() for k, v in converted.items()}, str(target))
+    loaded = checkpoint.load_flashface_state_dict(target)
+    assert set(loaded) == set(converted)
+    assert all(torch.equal(loaded[k], converted[k]) for k in converted)
+
+
+def _error(path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_flashface_state_dict(path)
+    return str(info.value)
+
+
+def test_plain_sd15_checkpoint_is_named(tmp_path):
+    path = tmp_path / "v1-5-pruned.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(path))
+    message = _error(path)
+    assert "v1-5-pruned.safetensors" in message and "Stable Diffusion checkpoint" in message
+
+
+def test_lora_is_named(tmp_path):
+    path = tmp_path / "face.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(path))
+    assert "LoRA" in _error(path)
+
+
+def test_truncated_files(official, tmp_path):
+    path, _ = official
+    data = path.read_bytes()
+    truncated = tmp_path / "flashface.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert "truncated" in _error(truncated)
+    broken = tmp_path / "flashface.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert "flashface.safetensors" in _error(broken)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"ori_encoder.0.weight": torch.zeros(1), "x": _Payload()}, path)
+    assert "refused" in _error(path)
+    legacy = tmp_path / "legacy.ckpt"
+    legacy.write_bytes(pickle.dumps(_Payload()))
+    assert "legacy.ckpt" in _error(legacy)
+
+
+def test_main_unet_without_mask_channel_is_refused(official, tmp_path):
+    _, state_dict = official
+    converted, _ = checkpoint.convert_official(state_dict)
+    converted["diffusion_model.input_blocks.0.0.weight"] = converted["diffusion_model.input_blocks.0.0.weight"][:, :4]
+    path = tmp_path / "four.safetensors"
+    save_file({k: v.contiguous() for k, v in converted.items()}, str(path))
+    assert "takes 5" in _error(path)
+
+
+def test_missing_file():
+    assert "not found" in _error("/nonexistent/flashface.ckpt")

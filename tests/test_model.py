@@ -1,0 +1,212 @@
+"""The FlashFace model inside ComfyUI: parity with the official code, strengths, dtypes,
+isolation between prompts. Needs the ComfyUI host."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import HOST, ROOT
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture(scope="module")
+def golden(golden_sets):
+    from comfyui_flashface.flashface_core.golden import GoldenSet
+
+    return GoldenSet.load(golden_sets[0])
+
+
+@pytest.fixture(scope="module")
+def loaded(golden):
+    from comfyui_flashface.flashface_core.model import load_flashface
+
+    return load_flashface(golden.checkpoint, "fp32")
+
+
+def _with_references(model, golden, strength):
+    from comfyui_flashface.flashface_core.reference_attention import apply_flashface
+    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+
+    latents = model.model.latent_format.process_out(golden.tensors["ref_latents"])
+    negative = [[golden.tensors["uncond"], {}]]
+    return apply_flashface(model, FlashFaceReferences(latents), negative, strength)
+
+
+def _outputs(model, golden, strengths, timestep=900):
+    from comfyui_flashface.flashface_core.golden import evaluate_conditions
+
+    t = golden.tensors
+    return torch.cat(evaluate_conditions(model, t["x"], timestep, [t["cond"], t["uncond"]], strengths, t["mask"]))
+
+
+def test_verify_golden_command_passes_on_every_set(golden_sets):
+    root = golden_sets[0].parent
+    result = subprocess.run(
+        [sys.executable, "-m", "flashface_core.verify_golden", str(root)],
+        capture_output=True, text=True, cwd=str(ROOT), env={**os.environ, "COMFYUI_PATH": str(HOST)},
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {line["set"] for line in lines} == {str(p.resolve()) for p in golden_sets}
+    for line in lines:
+        assert line["ok"]
+        assert set(line["relative_errors"]) >= {"out_3cond_t500", "out_2cond_t900", "out_2cond_t900_strength0"}
+        assert max(line["relative_errors"].values()) < 1e-5  # float32 parity is about 1e-6
+
+
+def test_group_norms_use_official_eps(loaded):
+    norms = [m for m in loaded.model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)
+
+
+def test_reference_modules_are_part_of_the_managed_model(loaded):
+    keys = loaded.model.state_dict().keys()
+    assert any(k.startswith("reference_unet.input_blocks.") for k in keys)
+    assert sum(k.startswith("reference_attention.") and k.endswith("to_q.weight") for k in keys) == 10
+    # ComfyUI's LoRA key map finds the main U-Net under its usual names, and only it.
+    import comfy.lora
+
+    lora_keys = comfy.lora.model_lora_keys_unet(loaded.model, {})
+    assert lora_keys and all(v.startswith("diffusion_model.") for v in lora_keys.values() if isinstance(v, str))
+
+
+def test_not_an_inpainting_model(loaded):
+    import comfy.model_base
+
+    assert isinstance(loaded.model, comfy.model_base.BaseModel)
+    assert loaded.model.concat_keys == ()
+    noise = torch.zeros(2, 4, 8, 8)
+    channel = loaded.model.concat_cond(noise=noise, device="cpu")
+    assert channel.shape == (2, 1, 8, 8) and not channel.any()
+
+
+def test_strength_zero_equals_the_no_reference_path(loaded, golden):
+    without = _outputs(loaded, golden, [0.0, 0.0])
+    with_zero = _outputs(_with_references(loaded, golden, 0.0), golden, [0.0, 0.0])
+    assert torch.allclose(without, with_zero, rtol=0, atol=1e-6)
+    expected = golden.tensors["out_2cond_t900_strength0"]
+    assert float((without - expected).norm() / expected.norm()) < 1e-5
+    with_refs = _outputs(_with_references(loaded, golden, 1.0), golden, [1.0, 1.0])
+    assert float((with_refs - without).norm() / without.norm()) > 1e-3  # the references matter
+
+
+def test_per_condition_strength_follows_cond_index(loaded, golden):
+    """Swapping which condition gets the references swaps the outputs' reference effect."""
+    model = _with_references(loaded, golden, 1.0)
+    t = golden.tensors
+    from comfyui_flashface.flashface_core.golden import evaluate_conditions
+
+    first = evaluate_conditions(model, t["x"], 500, [t["cond"], t["cond"]], [1.2, 0.0], t["mask"])
+    second = evaluate_conditions(model, t["x"], 500, [t["cond"], t["cond"]], [0.0, 1.2], t["mask"])
+    assert torch.allclose(first[0], second[1], atol=1e-6) and torch.allclose(first[1], second[0], atol=1e-6)
+    assert not torch.allclose(first[0], first[1], atol=1e-4)
+
+
+def test_fp16_weights_stay_close(golden):
+    from comfyui_flashface.flashface_core.golden import flashface_model_for, relative_error, unet_outputs
+
+    model = flashface_model_for(golden, weight_dtype="fp16")
+    import comfy.model_management
+
+    assert model.model.get_dtype() == torch.float16
+    assert model.model.reference_attention["middle_0_0"].to_q.weight.dtype == torch.float16
+    outputs = unet_outputs(golden, model)
+    for name, value in outputs.items():
+        assert relative_error(value, golden.tensors[name]) < 1e-2, name
+    comfy.model_management.unload_all_models()
+
+
+def _plain_sd15_model():
+    """A small plain SD1.5-layout model, to show FlashFace leaves other models alone."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15({
+        "model_channels": 32, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1, 1, 1],
+        "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 0], "transformer_depth_output": [1, 1, 1, 1, 1, 1, 0, 0],
+        "transformer_depth_middle": 1, "context_dim": 768, "use_linear_in_transformer": False,
+        "adm_in_channels": None, "use_temporal_attention": False, "use_spatial_transformer": True, "legacy": False,
+        "use_temporal_resblock": False, "image_size": 32, "use_checkpoint": False,
+    })
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    return comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
+
+
+@torch.no_grad()
+def _plain_eval(patcher):
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([patcher])
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2))
+    return patcher.model.apply_model(x, torch.tensor([1.0]), c_crossattn=context)
+
+
+def test_flashface_run_leaves_caller_model_and_other_models_unchanged(loaded, golden):
+    plain = _plain_sd15_model()
+    plain_before = _plain_eval(plain)
+    options_before = copy.deepcopy(loaded.model_options)
+    state_before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    flashface_before = _outputs(loaded, golden, [0.0, 0.0])
+
+    patched = _with_references(loaded, golden, 1.2)
+    _outputs(patched, golden, [1.2, 0.0])
+
+    assert torch.equal(_outputs(loaded, golden, [0.0, 0.0]), flashface_before)
+    assert repr(loaded.model_options) == repr(options_before)
+    assert "flashface" not in loaded.model_options["transformer_options"]
+    assert all(torch.equal(v, state_before[k]) for k, v in loaded.model.state_dict().items())
+    assert torch.equal(_plain_eval(plain), plain_before)
+
+
+def test_clones_share_reference_data_instead_of_copying(loaded, golden):
+    patched = _with_references(loaded, golden, 1.2)
+    clone = patched.clone()
+    from comfyui_flashface.flashface_core.reference_attention import SETTINGS_KEY
+
+    ours = patched.model_options["transformer_options"][SETTINGS_KEY]
+    theirs = clone.model_options["transformer_options"][SETTINGS_KEY]
+    assert theirs is ours and theirs.references.latents is ours.references.latents
+
+
+def test_loading_twice_builds_fresh_models(golden):
+    from comfyui_flashface.flashface_core.model import load_flashface
+
+    first = load_flashface(golden.checkpoint, "fp32")
+    with torch.no_grad():
+        first.model.reference_attention["middle_0_0"].to_q.weight.add_(1.0)  # a stale model would carry this
+    second = load_flashface(golden.checkpoint, "fp32")
+    assert second.model is not first.model
+    assert not torch.equal(second.model.reference_attention["middle_0_0"].to_q.weight, first.model.reference_attention["middle_0_0"].to_q.weight)
+    assert torch.equal(_outputs(second, golden, [0.0, 0.0]), _outputs(load_flashface(golden.checkpoint, "fp32"), golden, [0.0, 0.0]))
+
+
+def test_reference_latents_must_fit():
+    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+
+    with pytest.raises(ValueError, match="4 channels"):
+        FlashFaceReferences(torch.zeros(2, 16, 28, 28))
+    with pytest.raises(ValueError, match="floating point"):
+        FlashFaceReferences(torch.zeros(2, 4, 28, 28, dtype=torch.int64))
+    with pytest.raises(ValueError, match="empty"):
+        FlashFaceReferences(torch.zeros(0, 4, 28, 28))
+
+
+def test_apply_refuses_a_model_that_is_not_flashface(golden):
+    from comfyui_flashface.flashface_core.reference_attention import apply_flashface
+    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+
+    with pytest.raises(ValueError, match="not FlashFace"):
+        apply_flashface(_plain_sd15_model(), FlashFaceReferences(torch.zeros(1, 4, 28, 28)), [[golden.tensors["uncond"], {}]], 1.0)
