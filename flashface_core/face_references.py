@@ -132,13 +132,16 @@ def crop_faces(rgbs, detector_name: str, threshold: float, face_choice: str, fac
                 f"the face yourself and use the detector '{PRE_CROPPED}'."
             )
         if len(faces) > 1:
-            logger.info("FlashFace: reference image %d holds %d faces; using the %s one.", image_index, len(faces), face_choice)
+            logger.info(
+                "FlashFace: reference image %d holds %d faces; using the %s one.", image_index, len(faces), face_choice
+            )
         crops.append(face_alignment.align_face(Image.fromarray(rgb), face.box, face.landmarks))
         kept.append(image_index)
     if not crops:
         raise ValueError(
             f"No face found in any of the {len(rgbs)} reference images by the {detector_name} detector on "
-            f"{detector.provider}. Lower the threshold, or crop the faces yourself and use the detector '{PRE_CROPPED}'."
+            f"{detector.provider}. Lower the threshold, or crop the faces yourself and use the detector "
+            f"'{PRE_CROPPED}'."
         )
     return crops, kept
 

