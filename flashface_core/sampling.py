@@ -48,7 +48,12 @@ def sample(model, positive, negative, latent: dict, seed: int, steps: int, sampl
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     if noise is None:
         noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    sigmas = calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps, denoise)
+    model_sampling = model.get_model_object("model_sampling")
+    if sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS:  # as KSampler does
+        sigmas = calculate_sigmas(model_sampling, scheduler, steps + 1, denoise)
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    else:
+        sigmas = calculate_sigmas(model_sampling, scheduler, steps, denoise)
     callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
     samples = guider.sample(
         noise, latent_image, comfy.samplers.sampler_object(sampler_name), sigmas,
