@@ -1,6 +1,7 @@
 """ApplyFlashFace: reference faces on a FlashFace MODEL, for any stock sampler node."""
 
 from ..flashface_core.reference_attention import apply_flashface
+from . import inputs
 
 
 class ApplyFlashFace:
@@ -16,25 +17,16 @@ class ApplyFlashFace:
 
     @classmethod
     def INPUT_TYPES(cls):
-        box = {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The MODEL from LoadFlashFace (LoRAs and other patches may sit in between)."}),
-                "references": ("FLASHFACE_REFERENCES", {"tooltip": "The reference faces from EncodeReferenceFaces."}),
+                "model": inputs.FLASHFACE_MODEL,
+                "references": inputs.REFERENCES,
                 "negative": ("CONDITIONING", {"tooltip": "The negative prompt: the reference faces are read with its text embedding, as in the official model."}),
-                "strength": ("FLOAT", {
-                    "default": 1.2, "min": 0.0, "max": 3.0, "step": 0.05,
-                    "tooltip": "Reference feature strength: how much the faces' features are used. 0 switches them off; "
-                               "too high gives a pasted look. Official values: 0.85 to 1.2.",
-                }),
-                "face_x1": ("FLOAT", {**box, "tooltip": "Face box left edge as a fraction of the width. All four at 0 = face anywhere."}),
-                "face_y1": ("FLOAT", {**box, "tooltip": "Face box top edge as a fraction of the height."}),
-                "face_x2": ("FLOAT", {**box, "tooltip": "Face box right edge as a fraction of the width. The face goes in the square of side max(width, height) at (x1, y1)."}),
-                "face_y2": ("FLOAT", {**box, "tooltip": "Face box bottom edge as a fraction of the height. Official suggestion: 0.3, 0.2, 0.6, 0.5."}),
+                "strength": inputs.strength(1.2, "Reference feature strength on every condition: how much the faces' features are used. "
+                                                 "0 switches them off; too high gives a pasted look. Official values: 0.85 to 1.2."),
+                **inputs.FACE_POSITION,
             },
-            "optional": {
-                "face_mask": ("MASK", {"tooltip": "Where the face goes, instead of the box: a mask the size of the image (or of the latent)."}),
-            },
+            "optional": inputs.FACE_MASK,
         }
 
     def apply(self, model, references, negative, strength, face_x1, face_y1, face_x2, face_y2, face_mask=None):

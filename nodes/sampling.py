@@ -6,6 +6,7 @@ from ..flashface_core import sampling
 from ..flashface_core.guider import FlashFaceGuider as Guider
 from ..flashface_core.model import is_flashface_model
 from ..flashface_core.reference_attention import apply_flashface
+from . import inputs
 
 _GUIDANCE_INPUTS = {
     "text_guidance": ("FLOAT", {
@@ -22,10 +23,7 @@ _GUIDANCE_INPUTS = {
         "tooltip": "Share of the 1000-step schedule before reference guidance starts: 0.25 is the official "
                    "t=750. Later starts leave the prompt more room for pose and layout.",
     }),
-    "early_strength": ("FLOAT", {
-        "default": 0.85, "min": 0.0, "max": 3.0, "step": 0.05,
-        "tooltip": "Reference feature strength on every condition before reference guidance starts.",
-    }),
+    "early_strength": inputs.strength(0.85, "Reference feature strength on every condition before reference guidance starts."),
     "cfg_rescale": ("FLOAT", {
         "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
         "tooltip": "CFG rescale towards the plain prompt prediction's spread; 0.5 as the official model.",
@@ -76,11 +74,10 @@ class FlashFaceSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        box = {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The MODEL from LoadFlashFace (LoRAs and other patches may sit in between)."}),
-                "references": ("FLASHFACE_REFERENCES", {"tooltip": "The reference faces from EncodeReferenceFaces."}),
+                "model": inputs.FLASHFACE_MODEL,
+                "references": inputs.REFERENCES,
                 "positive": ("CONDITIONING", {"tooltip": "The prompt: what the picture shows. Age words help ('a 20 year old woman')."}),
                 "negative": ("CONDITIONING", {"tooltip": "The negative prompt; the reference faces are also read with it."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent to denoise: Empty Latent Image, or an encoded photo."}),
@@ -89,19 +86,11 @@ class FlashFaceSampler:
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": "The sampler; 'euler' with the 'trailing' schedule is the official DDIM."}),
                 "scheduler": (sampling.SCHEDULERS, {"default": sampling.TRAILING, "tooltip": "The noise schedule; 'trailing' is the official one."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Below 1 keeps part of the input latent (img2img)."}),
-                "strength": ("FLOAT", {
-                    "default": 1.2, "min": 0.0, "max": 3.0, "step": 0.05,
-                    "tooltip": "Reference feature strength once reference guidance runs (official 1.2; 0.9 for age changes).",
-                }),
+                "strength": inputs.strength(1.2, "Reference feature strength once reference guidance runs (official 1.2; 0.9 for age changes)."),
                 **_GUIDANCE_INPUTS,
-                "face_x1": ("FLOAT", {**box, "tooltip": "Face box left edge as a fraction of the width. All four at 0 = face anywhere."}),
-                "face_y1": ("FLOAT", {**box, "tooltip": "Face box top edge as a fraction of the height."}),
-                "face_x2": ("FLOAT", {**box, "tooltip": "Face box right edge; the face goes in the square of side max(width, height) at (x1, y1)."}),
-                "face_y2": ("FLOAT", {**box, "tooltip": "Face box bottom edge. Official suggestion: 0.3, 0.2, 0.6, 0.5."}),
+                **inputs.FACE_POSITION,
             },
-            "optional": {
-                "face_mask": ("MASK", {"tooltip": "Where the face goes, instead of the box: a mask the size of the image."}),
-            },
+            "optional": inputs.FACE_MASK,
         }
 
     def sample(self, model, references, positive, negative, latent_image, seed, steps, sampler_name, scheduler, denoise,

@@ -71,3 +71,19 @@ def faces_dir():
     if not FACES_DIR.is_dir():
         pytest.skip(f"no reference photos at {FACES_DIR}")
     return FACES_DIR
+
+
+@pytest.fixture(scope="module")
+def golden(golden_sets):
+    """The first golden set: the tiny FlashFace checkpoint, its inputs and official outputs."""
+    from comfyui_flashface.flashface_core.golden import GoldenSet
+
+    return GoldenSet.load(golden_sets[0])
+
+
+@pytest.fixture(scope="module")
+def flashface(golden):
+    """The golden checkpoint loaded through LoadFlashFace's loader in float32 (one per module)."""
+    from comfyui_flashface.flashface_core.model import load_flashface
+
+    return load_flashface(golden.checkpoint, "fp32")

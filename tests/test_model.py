@@ -15,19 +15,6 @@ from conftest import HOST, ROOT
 pytestmark = pytest.mark.host
 
 
-@pytest.fixture(scope="module")
-def golden(golden_sets):
-    from comfyui_flashface.flashface_core.golden import GoldenSet
-
-    return GoldenSet.load(golden_sets[0])
-
-
-@pytest.fixture(scope="module")
-def loaded(golden):
-    from comfyui_flashface.flashface_core.model import load_flashface
-
-    return load_flashface(golden.checkpoint, "fp32")
-
 
 def _with_references(model, golden, strength):
     from comfyui_flashface.flashface_core.golden import with_golden_references
@@ -57,45 +44,45 @@ def test_verify_golden_command_passes_on_every_set(golden_sets):
         assert max(line["relative_errors"].values()) < 1e-5  # float32 parity is about 1e-6
 
 
-def test_group_norms_use_official_eps(loaded):
-    norms = [m for m in loaded.model.modules() if isinstance(m, torch.nn.GroupNorm)]
+def test_group_norms_use_official_eps(flashface):
+    norms = [m for m in flashface.model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.eps == 1e-6 for m in norms)
 
 
-def test_reference_modules_are_part_of_the_managed_model(loaded):
-    keys = loaded.model.state_dict().keys()
+def test_reference_modules_are_part_of_the_managed_model(flashface):
+    keys = flashface.model.state_dict().keys()
     assert any(k.startswith("reference_unet.input_blocks.") for k in keys)
     assert sum(k.startswith("reference_attention.") and k.endswith("to_q.weight") for k in keys) == 10
     # ComfyUI's LoRA key map finds the main U-Net under its usual names, and only it.
     import comfy.lora
 
-    lora_keys = comfy.lora.model_lora_keys_unet(loaded.model, {})
+    lora_keys = comfy.lora.model_lora_keys_unet(flashface.model, {})
     assert lora_keys and all(v.startswith("diffusion_model.") for v in lora_keys.values() if isinstance(v, str))
 
 
-def test_not_an_inpainting_model(loaded):
+def test_not_an_inpainting_model(flashface):
     import comfy.model_base
 
-    assert isinstance(loaded.model, comfy.model_base.BaseModel)
-    assert loaded.model.concat_keys == ()
+    assert isinstance(flashface.model, comfy.model_base.BaseModel)
+    assert flashface.model.concat_keys == ()
     noise = torch.zeros(2, 4, 8, 8)
-    channel = loaded.model.concat_cond(noise=noise, device="cpu")
+    channel = flashface.model.concat_cond(noise=noise, device="cpu")
     assert channel.shape == (2, 1, 8, 8) and not channel.any()
 
 
-def test_strength_zero_equals_the_no_reference_path(loaded, golden):
-    without = _outputs(loaded, golden, [0.0, 0.0])
-    with_zero = _outputs(_with_references(loaded, golden, 0.0), golden, [0.0, 0.0])
+def test_strength_zero_equals_the_no_reference_path(flashface, golden):
+    without = _outputs(flashface, golden, [0.0, 0.0])
+    with_zero = _outputs(_with_references(flashface, golden, 0.0), golden, [0.0, 0.0])
     assert torch.allclose(without, with_zero, rtol=0, atol=1e-6)
     expected = golden.tensors["out_2cond_t900_strength0"]
     assert float((without - expected).norm() / expected.norm()) < 1e-5
-    with_refs = _outputs(_with_references(loaded, golden, 1.0), golden, [1.0, 1.0])
+    with_refs = _outputs(_with_references(flashface, golden, 1.0), golden, [1.0, 1.0])
     assert float((with_refs - without).norm() / without.norm()) > 1e-3  # the references matter
 
 
-def test_per_condition_strength_follows_cond_index(loaded, golden):
+def test_per_condition_strength_follows_cond_index(flashface, golden):
     """Swapping which condition gets the references swaps the outputs' reference effect."""
-    model = _with_references(loaded, golden, 1.0)
+    model = _with_references(flashface, golden, 1.0)
     t = golden.tensors
     from comfyui_flashface.flashface_core.golden import evaluate_conditions
 
@@ -152,25 +139,25 @@ def _plain_eval(patcher):
     return patcher.model.apply_model(x, torch.tensor([1.0]), c_crossattn=context)
 
 
-def test_flashface_run_leaves_caller_model_and_other_models_unchanged(loaded, golden):
+def test_flashface_run_leaves_caller_model_and_other_models_unchanged(flashface, golden):
     plain = _plain_sd15_model()
     plain_before = _plain_eval(plain)
-    options_before = copy.deepcopy(loaded.model_options)
-    state_before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    flashface_before = _outputs(loaded, golden, [0.0, 0.0])
+    options_before = copy.deepcopy(flashface.model_options)
+    state_before = {k: v.clone() for k, v in flashface.model.state_dict().items()}
+    flashface_before = _outputs(flashface, golden, [0.0, 0.0])
 
-    patched = _with_references(loaded, golden, 1.2)
+    patched = _with_references(flashface, golden, 1.2)
     _outputs(patched, golden, [1.2, 0.0])
 
-    assert torch.equal(_outputs(loaded, golden, [0.0, 0.0]), flashface_before)
-    assert repr(loaded.model_options) == repr(options_before)
-    assert "flashface" not in loaded.model_options["transformer_options"]
-    assert all(torch.equal(v, state_before[k]) for k, v in loaded.model.state_dict().items())
+    assert torch.equal(_outputs(flashface, golden, [0.0, 0.0]), flashface_before)
+    assert repr(flashface.model_options) == repr(options_before)
+    assert "flashface" not in flashface.model_options["transformer_options"]
+    assert all(torch.equal(v, state_before[k]) for k, v in flashface.model.state_dict().items())
     assert torch.equal(_plain_eval(plain), plain_before)
 
 
-def test_clones_share_reference_data_instead_of_copying(loaded, golden):
-    patched = _with_references(loaded, golden, 1.2)
+def test_clones_share_reference_data_instead_of_copying(flashface, golden):
+    patched = _with_references(flashface, golden, 1.2)
     clone = patched.clone()
     from comfyui_flashface.flashface_core.reference_attention import SETTINGS_KEY
 

@@ -11,20 +11,6 @@ GUIDANCE = dict(text_guidance=7.5, reference_guidance=3.2, reference_start=0.25,
 
 
 @pytest.fixture(scope="module")
-def golden(golden_sets):
-    from comfyui_flashface.flashface_core.golden import GoldenSet
-
-    return GoldenSet.load(golden_sets[0])
-
-
-@pytest.fixture(scope="module")
-def flashface(golden):
-    from comfyui_flashface.flashface_core.model import load_flashface
-
-    return load_flashface(golden.checkpoint, "fp32")
-
-
-@pytest.fixture(scope="module")
 def inputs(golden, flashface):
     from comfyui_flashface.flashface_core.references import FlashFaceReferences
 
@@ -277,3 +263,24 @@ def test_bad_face_boxes(flashface, inputs, box):
 def test_face_mask_of_the_wrong_size(flashface, inputs):
     with pytest.raises(ValueError, match="size of the image"):
         run_sampler(flashface, inputs, face_mask=torch.ones(1, 50, 30))
+
+
+def test_controlnet_through_the_stock_node(flashface, inputs):
+    """A randomly initialised ControlNet sized for the tiny model, applied by ControlNetApplyAdvanced."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+    import nodes
+
+    config = {**flashface.model.model_config.unet_config, "in_channels": 4, "hint_channels": 3}
+    control_model = comfy.cldm.cldm.ControlNet(**config, device="cpu", operations=comfy.ops.disable_weight_init)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for parameter in control_model.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.05)
+    control = comfy.controlnet.ControlNet(control_model, load_device=torch.device("cpu"))
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(6))
+    positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(inputs["positive"], inputs["negative"], control, hint, 1.0, 0.0, 1.0)
+    before = run_sampler(flashface, inputs, seed=8)
+    controlled = run_sampler(flashface, {**inputs, "positive": positive, "negative": negative}, seed=8)
+    assert torch.isfinite(controlled).all() and not torch.allclose(controlled, before, atol=1e-4)
