@@ -92,19 +92,46 @@ def test_per_condition_strength_follows_cond_index(flashface, golden):
     assert not torch.allclose(first[0], first[1], atol=1e-4)
 
 
-def test_fp16_weights_stay_close(golden):
+@pytest.mark.parametrize("weight_dtype, dtype, bar", [("fp16", torch.float16, 1e-2), ("bf16", torch.bfloat16, 5e-2)])
+def test_half_precision_weights_stay_close(golden, weight_dtype, dtype, bar):
     import comfy.model_management
     from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
     from comfyui_flashface.flashface_core.model import load_flashface
 
-    model = with_golden_references(load_flashface(golden.checkpoint, "fp16"), golden)
-
-    assert model.model.get_dtype() == torch.float16
-    assert model.model.reference_attention["middle_0_0"].to_q.weight.dtype == torch.float16
+    model = with_golden_references(load_flashface(golden.checkpoint, weight_dtype), golden)
+    assert model.model.get_dtype() == dtype
+    assert model.model.reference_attention["middle_0_0"].to_q.weight.dtype == dtype
+    assert next(model.model.reference_unet.parameters()).dtype == dtype
     outputs = unet_outputs(golden, model)
     for name, value in outputs.items():
-        assert relative_error(value, golden.tensors[name]) < 1e-2, name
+        assert relative_error(value, golden.tensors[name]) < bar, name
     comfy.model_management.unload_all_models()
+
+
+def test_load_flashface_node_reads_the_model_folder(golden, tmp_path):
+    import folder_paths
+    from safetensors.torch import save_file
+
+    from comfyui_flashface.flashface_core.checkpoint import CheckpointError
+    from comfyui_flashface.flashface_core.model import is_flashface_model
+    from comfyui_flashface.flashface_core.model_paths import FLASHFACE, register_model_folders
+    from comfyui_flashface.nodes.loader import LoadFlashFace
+
+    register_model_folders()
+    (tmp_path / "flashface_tiny.ckpt").symlink_to(golden.checkpoint)
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(tmp_path / "sd15.safetensors"))
+    folder_paths.add_model_folder_path(FLASHFACE, str(tmp_path))
+    try:
+        names = LoadFlashFace.INPUT_TYPES()["required"]["ckpt_name"][0]
+        assert {"flashface_tiny.ckpt", "sd15.safetensors"} <= set(names)
+        (model,) = LoadFlashFace().load("flashface_tiny.ckpt", "fp32")
+        assert is_flashface_model(model)
+        with pytest.raises(CheckpointError, match="sd15.safetensors is a Stable Diffusion checkpoint"):
+            LoadFlashFace().load("sd15.safetensors", "default")
+        with pytest.raises(FileNotFoundError):
+            LoadFlashFace().load("missing.ckpt", "default")
+    finally:
+        folder_paths.folder_names_and_paths[FLASHFACE][0].remove(str(tmp_path))
 
 
 def _plain_sd15_model():
