@@ -129,3 +129,36 @@ def test_main_unet_without_mask_channel_is_refused(official, tmp_path):
 
 def test_missing_file():
     assert "not found" in _error("/nonexistent/flashface.ckpt")
+
+
+def test_converter_writes_the_pack_layout(official, tmp_path):
+    from safetensors import safe_open
+
+    from comfyui_flashface.flashface_core import convert
+
+    source, state_dict = official
+    target = tmp_path / "flashface.safetensors"
+    assert convert.main([str(source), str(target), "--dtype", "fp16"]) == 0
+    with safe_open(str(target), framework="pt") as f:
+        assert f.metadata()["flashface_format"] == checkpoint.PACK_FORMAT
+        keys = set(f.keys())
+        assert {f.get_tensor(k).dtype for k in keys} == {torch.float16}
+    converted, _ = checkpoint.convert_official(state_dict)
+    assert keys == set(converted)
+    reloaded = checkpoint.load_flashface_state_dict(target)
+    assert all(torch.equal(reloaded[k], converted[k].half()) for k in converted)
+    # Never overwrites: an existing target, or the source itself.
+    before = target.stat().st_mtime_ns
+    assert convert.main([str(source), str(target)]) == 2
+    assert target.stat().st_mtime_ns == before
+    assert convert.main([str(target), str(target)]) == 2
+
+
+def test_converter_names_a_foreign_file(tmp_path, capsys):
+    from comfyui_flashface.flashface_core import convert
+
+    source = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(source))
+    assert convert.main([str(source), str(tmp_path / "out.safetensors")]) == 1
+    assert "lora.safetensors is a LoRA" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
