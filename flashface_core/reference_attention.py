@@ -17,7 +17,7 @@ a guider may add ``STRENGTHS_KEY``, a {condition index: strength} table.
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
@@ -65,10 +65,12 @@ class ReferenceFeatureCache:
 
 @dataclass
 class _InjectionState:
+    """What the attention patches of one U-Net call need."""
+
     layers: torch.nn.ModuleDict
-    features: dict | None  # name -> (K, V) of the recorded features, [1, N*L, C] each
-    row_strength: list[float] = field(default_factory=list)
-    strength_tensor: torch.Tensor | None = None
+    features: dict | None  # name -> (K, V) of the recorded features, [1, N*L, C] each; None = no references
+    row_strength: list[float]
+    strength_tensor: torch.Tensor  # row_strength as [B, 1, 1]
 
 
 def install(patcher):
@@ -110,10 +112,9 @@ def compute_reference_features(model, settings: FlashFaceSettings, timestep: tor
 
     def record(n, context_attn1, value_attn1, extra_options):
         name = reference_attention_name(extra_options["block"], extra_options["block_index"])
-        layer = layers[name] if name in layers else None
-        if layer is not None:
+        if name in layers:
             recorded = n.reshape(1, -1, n.shape[-1])
-            features[name] = (layer.to_k(recorded), layer.to_v(recorded))
+            features[name] = (layers[name].to_k(recorded), layers[name].to_v(recorded))
         return n, context_attn1, value_attn1
 
     options = {"patches": {"attn1_patch": [record]}}
@@ -153,6 +154,7 @@ def apply_model_with_references(executor, x, t, c_concat=None, c_crossattn=None,
     features = None
     strengths = [0.0] * x.shape[0]
     if settings is not None and settings.references is not None:
+        # ComfyUI's samplers give every row of a call the same sigma.
         timestep = model.model_sampling.timestep(t[:1]).float()
         cache = transformer_options.get(RUN_CACHE_KEY)
         if cache is not None and cache.timestep == float(timestep):
@@ -162,8 +164,8 @@ def apply_model_with_references(executor, x, t, c_concat=None, c_crossattn=None,
             if cache is not None:
                 cache.timestep, cache.features = float(timestep), features
         strengths = _row_strengths(x.shape[0], transformer_options, settings.strength)
-    state = _InjectionState(layers=model.reference_attention, features=features, row_strength=strengths)
-    state.strength_tensor = torch.tensor(strengths, device=x.device, dtype=dtype).reshape(-1, 1, 1)
+    strength_tensor = torch.tensor(strengths, device=x.device, dtype=dtype).reshape(-1, 1, 1)
+    state = _InjectionState(model.reference_attention, features, strengths, strength_tensor)
     options = transformer_options.copy()
     options[_STATE_KEY] = state
     return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)

@@ -222,3 +222,19 @@ def test_apply_refuses_a_model_that_is_not_flashface(golden):
 
     with pytest.raises(ValueError, match="not FlashFace"):
         apply_flashface(_plain_sd15_model(), FlashFaceReferences(torch.zeros(1, 4, 28, 28)), [[golden.tensors["uncond"], {}]], 1.0)
+
+
+def test_every_reference_attention_block_is_patched_in_each_call(flashface, golden, monkeypatch):
+    """The middle block is ("middle", 0): packs that patched ("middle", 1) silently never ran there."""
+    from comfyui_flashface.flashface_core import reference_attention
+
+    seen = []
+    original = reference_attention.reference_attention_term
+
+    def recording(layer, *args):
+        seen.append(next(name for name, module in flashface.model.reference_attention.items() if module is layer))
+        return original(layer, *args)
+
+    monkeypatch.setattr(reference_attention, "reference_attention_term", recording)
+    _outputs(_with_references(flashface, golden, 1.0), golden, [1.0, 0.0])
+    assert sorted(seen) == sorted(flashface.model.reference_attention.keys())
