@@ -146,13 +146,6 @@ def crop_faces(rgbs, detector_name: str, threshold: float, face_choice: str, fac
     return crops, kept
 
 
-def repeat_to(latents: torch.Tensor, count: int) -> torch.Tensor:
-    """Cycle through the references in order until there are ``count`` (never fewer than given)."""
-    if latents.shape[0] >= count:
-        return latents
-    return latents[[i % latents.shape[0] for i in range(count)]]
-
-
 def encode_reference_faces(
     vae,
     images,
@@ -193,6 +186,5 @@ def encode_reference_faces(
                 f"{tuple(latents.shape[1:])}: encode all references with the same VAE."
             )
         latents = torch.cat([previous.latents.to(latents), latents])
-    if fill_to_four:
-        latents = repeat_to(latents, DEMO_REFERENCE_COUNT)
-    return FlashFaceReferences(latents), pixels
+    fill_to = max(previous.fill_to if previous is not None else 0, DEMO_REFERENCE_COUNT if fill_to_four else 0)
+    return FlashFaceReferences(latents, fill_to), pixels

@@ -102,7 +102,7 @@ def compute_reference_features(model, settings: FlashFaceSettings, timestep: tor
     unet = model.diffusion_model
     reference_unet = model.reference_unet
     layers = model.reference_attention
-    latents = model.process_latent_in(settings.references.latents.to(device=device, dtype=torch.float32)).to(dtype)
+    latents = model.process_latent_in(settings.references.model_latents().to(device=device, dtype=torch.float32)).to(dtype)
     count = latents.shape[0]
     context = settings.reference_context.to(device=device, dtype=dtype).expand(count, -1, -1)
     steps = timestep.reshape(1).to(device).expand(count)

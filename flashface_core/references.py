@@ -12,10 +12,14 @@ class FlashFaceReferences:
     """Reference face latents, one per aligned face crop.
 
     ``latents`` follow ComfyUI's LATENT convention: what ``VAE.encode`` returns, not yet
-    multiplied by the SD1.5 scale factor (the model applies ``process_latent_in``).
+    multiplied by the SD1.5 scale factor (the model applies ``process_latent_in``). They are
+    the distinct faces; ``fill_to`` asks for them to be repeated in order up to that count
+    where the model reads them (the official demo fills to 4), so chaining encoders never
+    repeats a face before the last one is added.
     """
 
     latents: torch.Tensor
+    fill_to: int = 0
 
     def __post_init__(self):
         latents = self.latents
@@ -36,6 +40,11 @@ class FlashFaceReferences:
 
     def __len__(self):
         return self.latents.shape[0]
+
+    def model_latents(self) -> torch.Tensor:
+        """The latents the model reads: the faces cycled in order up to ``fill_to``."""
+        count = max(self.fill_to, len(self))
+        return self.latents[[i % len(self) for i in range(count)]]
 
     def __deepcopy__(self, memo):
         # Immutable: model clones share it instead of copying the tensor.

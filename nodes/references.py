@@ -35,9 +35,9 @@ class EncodeReferenceFaces:
                 "threshold": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
                                         "tooltip": "Detection confidence needed; lower it if a face is missed."}),
                 "fill_to_four": ("BOOLEAN", {"default": True,
-                                             "tooltip": "With fewer than 4 references, repeat them in order up to 4, "
-                                                        "as the official demo does. Turn it off on all but the last "
-                                                        "node of a chain."}),
+                                             "tooltip": "With fewer than 4 faces, the model reads them repeated in order "
+                                                        "up to 4, as the official demo does. Chained nodes repeat only "
+                                                        "once all faces are in."}),
             },
             "optional": {
                 "references": (REFERENCES_TYPE, {"tooltip": "Earlier references to extend (from another Encode "
@@ -48,7 +48,7 @@ class EncodeReferenceFaces:
     RETURN_TYPES = (REFERENCES_TYPE, "IMAGE")
     RETURN_NAMES = ("references", "face_crops")
     OUTPUT_TOOLTIPS = (
-        "The reference faces for FlashFace: one VAE latent per face (plus repeats up to 4 when filling).",
+        "The reference faces for FlashFace: one VAE latent per face, with the earlier references first.",
         "The aligned 224x224 face crops of these images, to check what the model will see.",
     )
     FUNCTION = "encode"

@@ -88,8 +88,10 @@ def test_photo_batch_to_references(faces_dir):
     assert isinstance(references, FlashFaceReferences)
     assert crops.shape == (3, 224, 224, 3) and crops.dtype == torch.float32
     assert vae.pixels is crops
-    assert len(references) == 4  # filled in order: 0, 1, 2, 0
-    torch.testing.assert_close(references.latents[3], references.latents[0])
+    assert len(references) == 3 and references.fill_to == 4
+    model_latents = references.model_latents()  # filled in order: 0, 1, 2, 0
+    assert len(model_latents) == 4
+    torch.testing.assert_close(model_latents[3], references.latents[0])
 
 
 @needs_centerface
@@ -152,19 +154,22 @@ def test_pre_cropped_images_are_letterboxed_to_224(channels):
 
 def test_fill_cycles_in_order_and_never_cuts():
     latents = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 4, 2, 2)
-    assert face_references.repeat_to(latents, 4)[:, 0, 0, 0].tolist() == [0, 1, 2, 0]
-    assert face_references.repeat_to(latents[:1], 4)[:, 0, 0, 0].tolist() == [0, 0, 0, 0]
-    assert face_references.repeat_to(torch.cat([latents, latents]), 4).shape[0] == 6
+    assert FlashFaceReferences(latents, 4).model_latents()[:, 0, 0, 0].tolist() == [0, 1, 2, 0]
+    assert FlashFaceReferences(latents[:1], 4).model_latents()[:, 0, 0, 0].tolist() == [0, 0, 0, 0]
+    assert FlashFaceReferences(torch.cat([latents, latents]), 4).model_latents().shape[0] == 6
+    assert FlashFaceReferences(latents).model_latents().shape[0] == 3
 
 
-def test_chained_references_come_first_and_count_for_the_fill():
+def test_chained_references_come_first_and_fill_once_at_the_end():
     first, _ = face_references.encode_reference_faces(
-        StandInVAE(), torch.zeros(1, 64, 64, 3), face_references.PRE_CROPPED, fill_to_four=False
+        StandInVAE(), torch.zeros(1, 64, 64, 3), face_references.PRE_CROPPED
     )
     both, _ = face_references.encode_reference_faces(
         StandInVAE(), torch.ones(1, 80, 64, 3), face_references.PRE_CROPPED, previous=first
     )
-    assert both.latents[:, 0, 14, 14].tolist() == [0, 1, 0, 1]
+    assert first.fill_to == 4 and first.model_latents()[:, 0, 14, 14].tolist() == [0, 0, 0, 0]
+    assert both.latents[:, 0, 14, 14].tolist() == [0, 1]  # fill on by default on both nodes: no early repeats
+    assert both.model_latents()[:, 0, 14, 14].tolist() == [0, 1, 0, 1]
 
 
 # Bad input: clear errors before any detector is loaded
@@ -358,12 +363,13 @@ def test_node_from_photo_files_to_references(faces_dir, small_vae):
                             references=man, **options)
 
     assert man.latents.shape == (1, 4, 28, 28)
-    assert both.latents.shape == (4, 4, 28, 28)  # man, woman, man, woman
+    assert both.latents.shape == (2, 4, 28, 28)
+    assert both.model_latents().shape == (4, 4, 28, 28)  # man, woman, man, woman
     assert man_crops.shape == woman_crops.shape == (1, 224, 224, 3)
     assert 0 <= float(man_crops.min()) and float(man_crops.max()) <= 1
     torch.testing.assert_close(both.latents[0], man.latents[0])
     torch.testing.assert_close(both.latents[1], small_vae.encode(woman_crops)[0].float())
-    torch.testing.assert_close(both.latents[2:], both.latents[:2])
+    torch.testing.assert_close(both.model_latents()[2:], both.latents)
 
 
 @pytest.mark.host
