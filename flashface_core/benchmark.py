@@ -44,7 +44,7 @@ def main(argv=None) -> int:
 
     from .golden import evaluate_conditions
     from .model import WEIGHT_DTYPES, FlashFaceConfig, reference_attention
-    from .reference_attention import apply_flashface
+    from .apply import apply_flashface
     from .references import FlashFaceReferences
 
     device = comfy.model_management.get_torch_device()

@@ -210,7 +210,18 @@ def convert_official(state_dict: dict, source: Path | str = "checkpoint") -> tup
     return out, report
 
 
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; a legacy pickle
+
+
 def _load_pickle(path: Path) -> dict:
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        looks_like = "text or a web page" if head.lstrip()[:1] in (b"<", b"{") or head.isascii() else "another format"
+        raise CheckpointError(
+            f"{path.name} is not a torch checkpoint (it looks like {looks_like}); the download probably failed: "
+            f"download it again."
+        )
     try:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -221,7 +232,7 @@ def _load_pickle(path: Path) -> dict:
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path.name} was refused: it is not a plain tensor checkpoint (it holds Python objects or "
-            f"code, which are never loaded). Use the official flashface.ckpt. Detail: {str(error).splitlines()[0]}"
+            f"code, which are never loaded). Use the official flashface.ckpt."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise CheckpointError(
@@ -245,11 +256,6 @@ def _load_safetensors(path: Path) -> tuple[dict, dict]:
             f"{path.name} could not be read as safetensors ({error}). It is truncated or not a "
             f"safetensors file: download or convert it again."
         ) from None
-
-
-def read_safetensors_keys(path: Path) -> list[str]:
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return list(f.keys())
 
 
 def load_flashface_state_dict(path: str | Path) -> dict:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from .face_position import FacePosition
 from .model import load_flashface
-from .reference_attention import STRENGTHS_KEY, FACE_MASK_KEY, FlashFaceSettings, set_settings
+from .reference_attention import FACE_MASK_KEY, STRENGTHS_KEY
 from .references import FlashFaceReferences
 
 CHECKPOINT = "flashface_tiny.ckpt"
@@ -57,7 +57,7 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 def with_golden_references(model, golden: GoldenSet, strength: float | None = None, face_mask=None):
     """A clone of a loaded golden model reading the set's references, as ApplyFlashFace makes it."""
-    from .reference_attention import apply_flashface
+    from .apply import apply_flashface
 
     refs = FlashFaceReferences(model.model.latent_format.process_out(golden.tensors["ref_latents"]))
     if strength is None:

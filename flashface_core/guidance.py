@@ -19,6 +19,8 @@ def launch_timestep(start_fraction: float) -> float:
     """
     if not 0.0 <= start_fraction <= 1.0:
         raise ValueError(f"The reference guidance start must be a fraction between 0 and 1, got {start_fraction}.")
+    if start_fraction == 1.0:
+        return float("-inf")  # never, not even at the last step's t = 0
     return round(LAUNCH_TIMESTEP_SCALE * (1.0 - start_fraction), 6)
 
 

@@ -2,22 +2,25 @@
 
 Each step evaluates its conditions in one ``calc_cond_batch`` call (ComfyUI batches them
 where memory allows) with a per-condition reference strength, so the reference pass runs
-once per step. The pre/post CFG hooks run as in ComfyUI's own guiders.
+once per step. The conditions are ordered [positive, negative, positive + references], so
+pre/post CFG hooks of other nodes (APG, TCFG, ...) see cond and uncond where they expect.
 """
 
-import torch
+import logging
+
 import comfy.samplers
+import torch
 
 from . import guidance
+from .apply import check_latent, require_flashface_model, text_embedding
 from .reference_attention import STRENGTHS_KEY, get_settings
 
-
-def eps_from_denoised(x, denoised, sigma):
-    return (x - denoised) / sigma
+logger = logging.getLogger(__name__)
+_REPLACED_HOOKS = ("sampler_cfg_function", "sampler_calc_cond_batch_function")
 
 
 class FlashFaceGuider(comfy.samplers.CFGGuider):
-    """Text guidance ``text_scale``, reference guidance ``ref_scale`` from ``launch_t`` on.
+    """Text guidance ``text_scale``, reference guidance ``ref_scale`` from ``start_fraction`` on.
 
     The U-Net sees the integer timestep nearest each sigma (as in all of ComfyUI); the x0
     prediction uses that timestep's own noise level, as the official sampler does. For
@@ -25,6 +28,7 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
     """
 
     def __init__(self, model_patcher, text_scale: float, ref_scale: float, start_fraction: float, early_strength: float, rescale: float):
+        require_flashface_model(model_patcher, "FlashFaceGuider")
         settings = get_settings(model_patcher.model_options)
         if settings is None or settings.references is None:
             raise ValueError(
@@ -38,14 +42,18 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
         self.strength = settings.strength
         self.early_strength = float(early_strength)
         self.rescale = float(rescale)
+        for hook in _REPLACED_HOOKS:
+            if hook in model_patcher.model_options:
+                logger.warning("FlashFace guidance replaces this MODEL's %s (e.g. RescaleCFG); use cfg_rescale instead.", hook)
 
     def set_conds(self, positive, negative):
+        text_embedding(self.model_patcher, positive, "positive")
+        text_embedding(self.model_patcher, negative, "negative")
         self.inner_set_conds({"positive": positive, "negative": negative})
 
-    def _options_with_strengths(self, model_options: dict, strengths: list) -> dict:
-        options = model_options.copy()
-        options["transformer_options"] = {**model_options.get("transformer_options", {}), STRENGTHS_KEY: dict(enumerate(strengths))}
-        return options
+    def sample(self, noise, latent_image, *args, **kwargs):
+        check_latent(latent_image)
+        return super().sample(noise, latent_image, *args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         model_sampling = self.inner_model.model_sampling
@@ -53,12 +61,13 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
         launched = float(unet_timestep) <= self.launch_t
         if launched:
-            conds = [positive, positive, negative]
-            strengths = [self.strength, 0.0, 0.0]
+            conds = [positive, negative, positive]
+            strengths = [0.0, 0.0, self.strength]
         else:
             conds = [positive, negative]
             strengths = [self.early_strength, self.early_strength]
-        options = self._options_with_strengths(model_options, strengths)
+        options = model_options.copy()
+        options["transformer_options"] = {**model_options.get("transformer_options", {}), STRENGTHS_KEY: dict(enumerate(strengths))}
         out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
         for fn in model_options.get("sampler_pre_cfg_function", []):
             args = {"conds": conds, "conds_out": out, "cond_scale": self.text_scale, "timestep": timestep,
@@ -66,12 +75,10 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
             out = fn(args)
 
         sigma = timestep.reshape(-1, *([1] * (x.ndim - 1)))
-        eps = [eps_from_denoised(x, d, sigma) for d in out]
+        text, uncond, *with_references = [(x - denoised) / sigma for denoised in out]
         if launched:
-            text_and_refs, text, uncond = eps
-            guided = guidance.reference_guidance(uncond, text, text_and_refs, self.text_scale, self.ref_scale)
+            guided = guidance.reference_guidance(uncond, text, with_references[0], self.text_scale, self.ref_scale)
         else:
-            text, uncond = eps
             guided = guidance.text_guidance(uncond, text, self.text_scale)
         guided = guidance.rescale(guided, text, self.rescale)
 
@@ -82,7 +89,7 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
 
         for fn in model_options.get("sampler_post_cfg_function", []):
             args = {"denoised": denoised, "cond": positive, "uncond": negative, "cond_scale": self.text_scale,
-                    "model": self.inner_model, "uncond_denoised": out[-1], "cond_denoised": out[-2] if launched else out[0],
+                    "model": self.inner_model, "uncond_denoised": out[1], "cond_denoised": out[0],
                     "sigma": timestep, "model_options": options, "input": x}
             denoised = fn(args)
         return denoised

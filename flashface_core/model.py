@@ -96,7 +96,13 @@ class FlashFaceModel(comfy.model_base.BaseModel):
 
     def load_model_weights(self, sd, unet_prefix=""):
         """Load every tensor of a pack-layout state dict; anything missing or extra is an error."""
-        missing, unexpected = self.load_state_dict(sd, strict=False, assign=False)
+        try:
+            missing, unexpected = self.load_state_dict(sd, strict=False, assign=False)
+        except RuntimeError as error:  # shapes that do not fit the architecture read from the file
+            raise checkpoint.CheckpointError(
+                f"The checkpoint's tensor shapes do not fit one FlashFace-SD1.5 model ({str(error).splitlines()[-1].strip()}); "
+                f"download or convert it again."
+            ) from None
         missing = [k for k in missing if k.startswith(checkpoint.PACK_PREFIXES)]
         if missing or unexpected:
             raise checkpoint.CheckpointError(

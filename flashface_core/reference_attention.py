@@ -236,47 +236,11 @@ def sample_with_references(executor, *args, **kwargs):
         settings.face_position.check_fits(noise.shape[-2], noise.shape[-1])
         for name, conds in guider.conds.items():
             guider.conds[name] = [c if FACE_MASK_KEY in c else {**c, FACE_MASK_KEY: settings.face_position} for c in conds]
-    transformer_options[RUN_CACHE_KEY] = ReferenceFeatureCache()
+    if not guider.model_options.get("registered_hooks"):
+        # With hooks, conditions may run under different weights: recompute per call.
+        transformer_options[RUN_CACHE_KEY] = ReferenceFeatureCache()
     try:
         return executor(*args, **kwargs)
     finally:
         transformer_options.pop(RUN_CACHE_KEY, None)
         logging.debug("FlashFace: sampling run finished")
-
-
-# ---------------------------------------------------------------- the public entry point
-
-def reference_context_from(negative) -> torch.Tensor:
-    """The text embedding of a ComfyUI CONDITIONING (its first entry), for the reference pass."""
-    if not isinstance(negative, list) or not negative or not isinstance(negative[0][0], torch.Tensor):
-        raise ValueError("FlashFace needs the negative prompt as CONDITIONING (from CLIPTextEncode).")
-    return negative[0][0][:1]
-
-
-def apply_flashface(model, references: FlashFaceReferences, negative, strength: float, face_box=None, face_mask=None):
-    """A clone of the FlashFace ``model`` that reads ``references``; ``model`` is unchanged.
-
-    Raises ValueError (with what to fix) for a MODEL that is not FlashFace, a bad face box,
-    or a text embedding of the wrong width, before anything runs.
-    """
-    from .model import is_flashface_model
-
-    if not is_flashface_model(model):
-        raise ValueError(
-            f"This MODEL is {type(getattr(model, 'model', model)).__name__}, not FlashFace: connect the "
-            f"MODEL output of LoadFlashFace (LoRA loaders and other patches in between are fine)."
-        )
-    if not isinstance(references, FlashFaceReferences):
-        raise ValueError("references must come from EncodeReferenceFaces.")
-    context = reference_context_from(negative)
-    context_dim = model.model.model_config.unet_config["context_dim"]
-    if context.shape[-1] != context_dim:
-        raise ValueError(
-            f"The negative conditioning is {context.shape[-1]} wide but FlashFace reads {context_dim}: "
-            f"encode it with an SD1.5 CLIP."
-        )
-    box = None if face_box is None or all(v == 0 for v in face_box) else face_box
-    position = FacePosition(box=box, mask=face_mask) if (box is not None or face_mask is not None) else None
-    patched = model.clone()
-    set_settings(patched, FlashFaceSettings(references, context, float(strength), position))
-    return patched

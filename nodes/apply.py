@@ -1,6 +1,6 @@
 """ApplyFlashFace: reference faces on a FlashFace MODEL, for any stock sampler node."""
 
-from ..flashface_core.reference_attention import apply_flashface
+from ..flashface_core.apply import apply_flashface
 from . import inputs
 
 

@@ -2,10 +2,8 @@
 
 import comfy.samplers
 
-from ..flashface_core import sampling
-from ..flashface_core.guider import FlashFaceGuider as Guider
-from ..flashface_core.model import is_flashface_model
-from ..flashface_core.reference_attention import apply_flashface
+from ..flashface_core import guider, sampling
+from ..flashface_core.apply import apply_flashface
 from . import inputs
 
 _GUIDANCE_INPUTS = {
@@ -31,11 +29,6 @@ _GUIDANCE_INPUTS = {
 }
 
 
-def _require_flashface(model, node: str):
-    if not is_flashface_model(model):
-        raise ValueError(f"{node} needs the MODEL from LoadFlashFace (through ApplyFlashFace where asked), not a {type(model.model).__name__}.")
-
-
 class FlashFaceGuider:
     DESCRIPTION = "FlashFace's disentangled text and reference guidance as a GUIDER for SamplerCustomAdvanced."
     CATEGORY = "FlashFace"
@@ -55,10 +48,9 @@ class FlashFaceGuider:
         }
 
     def get_guider(self, model, positive, negative, text_guidance, reference_guidance, reference_start, early_strength, cfg_rescale):
-        _require_flashface(model, "FlashFaceGuider")
-        guider = Guider(model, text_guidance, reference_guidance, reference_start, early_strength, cfg_rescale)
-        guider.set_conds(positive, negative)
-        return (guider,)
+        flashface_guider = guider.FlashFaceGuider(model, text_guidance, reference_guidance, reference_start, early_strength, cfg_rescale)
+        flashface_guider.set_conds(positive, negative)
+        return (flashface_guider,)
 
 
 class FlashFaceSampler:
@@ -96,8 +88,7 @@ class FlashFaceSampler:
     def sample(self, model, references, positive, negative, latent_image, seed, steps, sampler_name, scheduler, denoise,
                strength, text_guidance, reference_guidance, reference_start, early_strength, cfg_rescale,
                face_x1, face_y1, face_x2, face_y2, face_mask=None):
-        _require_flashface(model, "FlashFaceSampler")
-        patched = apply_flashface(model, references, negative, strength, (face_x1, face_y1, face_x2, face_y2), face_mask)
+        patched = apply_flashface(model, references, negative, strength, (face_x1, face_y1, face_x2, face_y2), face_mask, node="FlashFaceSampler")
         return (sampling.sample(patched, positive, negative, latent_image, seed, steps, sampler_name, scheduler, denoise,
                                 text_guidance, reference_guidance, reference_start, early_strength, cfg_rescale),)
 

@@ -6,6 +6,7 @@ modules, and host tests import ``comfyui_flashface.nodes`` after the host is set
 """
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -32,10 +33,13 @@ _register_pack()
 from comfyui_flashface.flashface_core import comfy_host  # noqa: E402
 
 HOST = comfy_host.find_comfyui()
-NO_HOST_REASON = (
-    "ComfyUI host not found (set COMFYUI_PATH, or put this pack in ComfyUI/custom_nodes/, "
-    "or keep ~/ComfyUI): host tests skipped"
-)
+if os.environ.get("COMFYUI_PATH"):
+    NO_HOST_REASON = f"COMFYUI_PATH={os.environ['COMFYUI_PATH']} is not a ComfyUI folder: host tests skipped"
+else:
+    NO_HOST_REASON = (
+        "ComfyUI host not found (set COMFYUI_PATH, or put this pack in ComfyUI/custom_nodes/, "
+        "or keep ~/ComfyUI): host tests skipped"
+    )
 if HOST is not None:
     comfy_host.import_comfyui()
 

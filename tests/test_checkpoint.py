@@ -162,3 +162,11 @@ def test_converter_names_a_foreign_file(tmp_path, capsys):
     assert convert.main([str(source), str(tmp_path / "out.safetensors")]) == 1
     assert "lora.safetensors is a LoRA" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_web_page_saved_as_checkpoint(tmp_path):
+    path = tmp_path / "flashface.ckpt"
+    path.write_text("<!DOCTYPE html><html><body>Repository not found</body></html>")
+    message = _error(path)
+    assert "not a torch checkpoint" in message and "download it again" in message
+    assert "weights_only" not in message

@@ -80,3 +80,14 @@ def test_fit_to_square_letterboxes_wide_images():
 def test_empty_box_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         face_alignment.crop_geometry((10.2, 10, 10.4, 50), LANDMARKS)
+
+
+def test_face_box_mask_worked_example():
+    """[0.3, 0.2, 0.6, 0.5] at 768x768: pixels x 230.., y 153.., side max(230, 231) = 231, every 8th pixel."""
+    from comfyui_flashface.flashface_core.face_position import face_box_mask
+
+    mask = face_box_mask((0.3, 0.2, 0.6, 0.5), 96, 96)
+    rows, cols = mask.nonzero(as_tuple=True)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (20, 47, 29, 57)
+    assert float(mask.sum()) == 28 * 29  # rows 160..376 and columns 232..456 in pixels
+    assert not face_box_mask((0.0, 0.0, 0.0, 0.0), 96, 96).any()

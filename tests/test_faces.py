@@ -66,6 +66,8 @@ def test_one_face_per_photo_with_level_eyes_and_centred(detector, faces_dir, nam
     assert len(faces) == 1, f"{name}: {len(faces)} faces"
 
     face = faces[0]
+    # transform_points is checked against the pixels of real crops (dots drawn at the eyes)
+    # in test_face_alignment.py, so these are where the landmarks land in the actual crop.
     points = face_alignment.transform_points(face.landmarks, face_alignment.crop_geometry(face.box, face.landmarks))
     assert abs(points[1, 1] - points[0, 1]) < 0.02 * face_alignment.CROP_SIZE
     assert points[0, 0] < points[2, 0] < points[1, 0]  # left eye, nose, right eye

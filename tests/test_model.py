@@ -92,14 +92,17 @@ def test_per_condition_strength_follows_cond_index(flashface, golden):
     assert not torch.allclose(first[0], first[1], atol=1e-4)
 
 
-@pytest.mark.parametrize("weight_dtype, dtype, bar", [("fp16", torch.float16, 1e-2), ("bf16", torch.bfloat16, 5e-2)])
-def test_half_precision_weights_stay_close(golden, weight_dtype, dtype, bar):
+@pytest.mark.parametrize("weight_dtype, dtype, bar", [("fp16", torch.float16, 1e-2), ("bf16", torch.bfloat16, 6e-2)])
+def test_half_precision_weights_stay_close(golden, weight_dtype, dtype, bar, monkeypatch):
     import comfy.model_management
+
+    # Compute in the weights' dtype, as on a GPU (on the CPU ComfyUI would cast to fp32).
+    monkeypatch.setattr(comfy.model_management, "unet_manual_cast", lambda *args, **kwargs: None)
     from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
     from comfyui_flashface.flashface_core.model import load_flashface
 
     model = with_golden_references(load_flashface(golden.checkpoint, weight_dtype), golden)
-    assert model.model.get_dtype() == dtype
+    assert model.model.get_dtype() == dtype and model.model.manual_cast_dtype is None
     assert model.model.reference_attention["middle_0_0"].to_q.weight.dtype == dtype
     assert next(model.model.reference_unet.parameters()).dtype == dtype
     outputs = unet_outputs(golden, model)
@@ -217,10 +220,10 @@ def test_reference_latents_must_fit():
 
 
 def test_apply_refuses_a_model_that_is_not_flashface(golden):
-    from comfyui_flashface.flashface_core.reference_attention import apply_flashface
+    from comfyui_flashface.flashface_core.apply import apply_flashface
     from comfyui_flashface.flashface_core.references import FlashFaceReferences
 
-    with pytest.raises(ValueError, match="not FlashFace"):
+    with pytest.raises(ValueError, match="needs the MODEL from LoadFlashFace"):
         apply_flashface(_plain_sd15_model(), FlashFaceReferences(torch.zeros(1, 4, 28, 28)), [[golden.tensors["uncond"], {}]], 1.0)
 
 
@@ -238,3 +241,36 @@ def test_every_reference_attention_block_is_patched_in_each_call(flashface, gold
     monkeypatch.setattr(reference_attention, "reference_attention_term", recording)
     _outputs(_with_references(flashface, golden, 1.0), golden, [1.0, 0.0])
     assert sorted(seen) == sorted(flashface.model.reference_attention.keys())
+
+
+def test_pack_file_with_wrong_shapes_is_named(golden, tmp_path):
+    from safetensors.torch import save_file
+
+    from comfyui_flashface.flashface_core import checkpoint
+    from comfyui_flashface.flashface_core.model import load_flashface
+
+    state_dict = checkpoint.load_flashface_state_dict(golden.checkpoint)
+    key = "reference_attention.output_5_0.to_q.weight"
+    state_dict[key] = state_dict[key][:, :64]
+    path = tmp_path / "damaged.safetensors"
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    with pytest.raises(checkpoint.CheckpointError, match="shapes do not fit"):
+        load_flashface(path)
+
+
+def test_other_packs_attention_patches_stack_with_flashface(flashface, golden):
+    """Patches added after FlashFace's (as another pack would) run too, and FlashFace's still do."""
+    calls = []
+
+    def other_pack_patch(out, extra_options):
+        calls.append(extra_options["block"])
+        return out * 1.01
+
+    patched = _with_references(flashface, golden, 1.0)
+    stacked = patched.clone()
+    stacked.set_model_attn1_output_patch(other_pack_patch)
+    alone = _outputs(patched, golden, [1.0, 0.0])
+    together = _outputs(stacked, golden, [1.0, 0.0])
+    assert ("middle", 0) in calls and not torch.allclose(alone, together)
+    assert patched.model_options["transformer_options"]["patches"]["attn1_output_patch"] == \
+        flashface.model_options["transformer_options"]["patches"]["attn1_output_patch"]

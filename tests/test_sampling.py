@@ -106,11 +106,13 @@ def test_interrupt_then_clean_run_equals_fresh_run(flashface, inputs, monkeypatc
                 raise comfy.model_management.InterruptProcessingException()
         return callback
 
+    options_before = repr(flashface.model_options)
     monkeypatch.setattr(latent_preview, "prepare_callback", interrupting)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         run_sampler(flashface, inputs, seed=7, steps=4)
     monkeypatch.setattr(latent_preview, "prepare_callback", original)
-    assert RUN_CACHE_KEY not in flashface.model_options["transformer_options"]
+    assert repr(flashface.model_options) == options_before
+    assert RUN_CACHE_KEY not in repr(flashface.model_options)
     assert torch.equal(run_sampler(flashface, inputs, seed=7, steps=4), fresh)
 
 
@@ -148,7 +150,7 @@ def test_every_comfyui_sampler_runs_a_step(flashface, inputs):
     import comfy.samplers
 
     for name in comfy.samplers.KSampler.SAMPLERS:
-        out = run_sampler(flashface, inputs, steps=1, sampler_name=name, scheduler="simple")
+        out = run_sampler(flashface, inputs, steps=1, sampler_name=name, scheduler="simple", reference_start=0.0)
         assert torch.isfinite(out).all(), name
 
 
@@ -284,3 +286,58 @@ def test_controlnet_through_the_stock_node(flashface, inputs):
     before = run_sampler(flashface, inputs, seed=8)
     controlled = run_sampler(flashface, {**inputs, "positive": positive, "negative": negative}, seed=8)
     assert torch.isfinite(controlled).all() and not torch.allclose(controlled, before, atol=1e-4)
+
+
+def test_other_nodes_cfg_hooks_see_cond_and_uncond_where_they_expect(flashface, inputs, golden):
+    """Pre-CFG hooks (APG, TCFG, ...) read conds_out[0] as cond and [1] as uncond."""
+    seen = []
+
+    def pre_cfg(args):
+        seen.append([c is inputs_conds for c, inputs_conds in zip(args["conds"], [positive, negative, positive])])
+        return args["conds_out"]
+
+    import comfy.samplers
+
+    model = flashface.clone()
+    model.set_model_sampler_pre_cfg_function(pre_cfg)
+    positive = None
+    negative = None
+    original = comfy.samplers.calc_cond_batch
+
+    def capture(model_, conds, *args):
+        nonlocal positive, negative
+        positive, negative = conds[0], conds[1]
+        return original(model_, conds, *args)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(comfy.samplers, "calc_cond_batch", capture):
+        run_sampler(model, inputs, steps=4, reference_start=0.5)
+    assert len(seen) == 4 and all(all(flags) for flags in seen)
+    assert [len(flags) for flags in seen] == [2, 2, 3, 3]
+
+
+def test_reference_start_one_never_starts_reference_guidance(flashface, inputs, monkeypatch):
+    from comfyui_flashface.flashface_core import guider
+
+    counts = []
+    original = guider.comfy.samplers.calc_cond_batch
+
+    def counting(model, conds, *args):
+        counts.append(len(conds))
+        return original(model, conds, *args)
+
+    monkeypatch.setattr(guider.comfy.samplers, "calc_cond_batch", counting)
+    run_sampler(flashface, inputs, steps=3, scheduler="karras", reference_start=1.0)
+    assert counts == [2, 2, 2]
+    counts.clear()
+    run_sampler(flashface, inputs, steps=3, scheduler="karras", reference_start=0.0)
+    assert counts == [3, 3, 3]
+
+
+def test_prompt_of_another_model_and_wrong_latent_are_named(flashface, inputs):
+    wide = [[torch.zeros(1, 77, 1280), {}]]
+    with pytest.raises(ValueError, match="positive conditioning is 1280 wide"):
+        run_sampler(flashface, {**inputs, "positive": wide})
+    with pytest.raises(ValueError, match="SD1.5 latents"):
+        run_sampler(flashface, inputs, latent={"samples": torch.ones(1, 16, 8, 8)})
