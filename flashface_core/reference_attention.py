@@ -64,13 +64,30 @@ class ReferenceFeatureCache:
 
 
 @dataclass
+class _RowMix:
+    """Which rows take a term and with what weight ([n, 1, 1]); worked out once per U-Net call."""
+
+    rows: slice | list[int]
+    count: int
+    weight: torch.Tensor
+
+
+@dataclass
 class _InjectionState:
     """What the attention patches of one U-Net call need."""
 
     layers: torch.nn.ModuleDict
     features: dict | None  # name -> (K, V) of the recorded features, [1, N*L, C] each; None = no references
-    row_strength: list[float]
-    strength_tensor: torch.Tensor  # row_strength as [B, 1, 1]
+    with_refs: _RowMix | None  # lam * RefAttn(y, [y; R]) on rows with lam != 0
+    without_refs: _RowMix | None  # (1 - lam) * RefAttn(y, y) on rows with lam != 1
+
+
+def _row_mix(weights: list[float], device, dtype) -> _RowMix | None:
+    rows = [i for i, w in enumerate(weights) if w != 0.0]
+    if not rows:
+        return None
+    weight = torch.tensor([weights[i] for i in rows], device=device, dtype=dtype).reshape(-1, 1, 1)
+    return _RowMix(slice(None) if len(rows) == len(weights) else rows, len(rows), weight)
 
 
 def install(patcher):
@@ -152,7 +169,7 @@ def apply_model_with_references(executor, x, t, c_concat=None, c_crossattn=None,
     settings = transformer_options.get(SETTINGS_KEY)
     dtype = model.manual_cast_dtype or model.get_dtype()
     features = None
-    strengths = [0.0] * x.shape[0]
+    strengths = [0.0] * x.shape[0]  # without references: RefAttn(y, y) on every row
     if settings is not None and settings.references is not None:
         # ComfyUI's samplers give every row of a call the same sigma.
         timestep = model.model_sampling.timestep(t[:1]).float()
@@ -164,8 +181,12 @@ def apply_model_with_references(executor, x, t, c_concat=None, c_crossattn=None,
             if cache is not None:
                 cache.timestep, cache.features = float(timestep), features
         strengths = _row_strengths(x.shape[0], transformer_options, settings.strength)
-    strength_tensor = torch.tensor(strengths, device=x.device, dtype=dtype).reshape(-1, 1, 1)
-    state = _InjectionState(model.reference_attention, features, strengths, strength_tensor)
+    state = _InjectionState(
+        model.reference_attention,
+        features,
+        _row_mix(strengths, x.device, dtype) if features is not None else None,
+        _row_mix([1.0 - s for s in strengths], x.device, dtype),
+    )
     options = transformer_options.copy()
     options[_STATE_KEY] = state
     return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
@@ -184,29 +205,22 @@ def _attention(layer, q, k, v):
     return comfy_attention.optimized_attention(q, k, v, layer.heads, attn_precision=layer.attn_precision)
 
 
-def reference_attention_term(layer, y: torch.Tensor, kv, strengths: list[float], strength_tensor: torch.Tensor) -> torch.Tensor:
-    """lam * RefAttn(y, [y; R]) + (1 - lam) * RefAttn(y, y), per row; ``kv`` = (K, V) of R or None.
+def reference_attention_term(layer, y: torch.Tensor, kv, with_refs: _RowMix | None, without_refs: _RowMix | None) -> torch.Tensor:
+    """lam * RefAttn(y, [y; R]) + (1 - lam) * RefAttn(y, y), per row; ``kv`` = (K, V) of R.
 
     The output projection is affine, so it is applied once to the mixed attention outputs.
     Rows with lam 0 skip the reference attention and rows with lam 1 the plain one.
     """
     q, k, v = layer.to_q(y), layer.to_k(y), layer.to_v(y)
-    if kv is None:
-        return layer.to_out(_attention(layer, q, k, v))
-    batch = y.shape[0]
-    with_refs = [i for i, s in enumerate(strengths) if s != 0.0]
-    without_refs = [i for i, s in enumerate(strengths) if s != 1.0]
     mixed = torch.zeros_like(q)
-    if with_refs:
-        rows = slice(None) if len(with_refs) == batch else with_refs
-        ref_k, ref_v = kv
-        count = len(with_refs)
-        k_all = torch.cat([k[rows], ref_k.expand(count, -1, -1)], dim=1)
-        v_all = torch.cat([v[rows], ref_v.expand(count, -1, -1)], dim=1)
-        mixed[rows] += strength_tensor[rows] * _attention(layer, q[rows], k_all, v_all)
-    if without_refs:
-        rows = slice(None) if len(without_refs) == batch else without_refs
-        mixed[rows] += (1.0 - strength_tensor[rows]) * _attention(layer, q[rows], k[rows], v[rows])
+    if with_refs is not None:
+        rows, (ref_k, ref_v) = with_refs.rows, kv
+        k_all = torch.cat([k[rows], ref_k.expand(with_refs.count, -1, -1)], dim=1)
+        v_all = torch.cat([v[rows], ref_v.expand(with_refs.count, -1, -1)], dim=1)
+        mixed[rows] += with_refs.weight * _attention(layer, q[rows], k_all, v_all)
+    if without_refs is not None:
+        rows = without_refs.rows
+        mixed[rows] += without_refs.weight * _attention(layer, q[rows], k[rows], v[rows])
     return layer.to_out(mixed)
 
 
@@ -220,7 +234,7 @@ def add_reference_attention(out, extra_options):
     if name not in state.layers:
         return out
     kv = state.features[name] if state.features is not None else None
-    return out + reference_attention_term(state.layers[name], y, kv, state.row_strength, state.strength_tensor)
+    return out + reference_attention_term(state.layers[name], y, kv, state.with_refs, state.without_refs)
 
 
 # ---------------------------------------------------------------- per sampling run
