@@ -22,9 +22,10 @@ _REPLACED_HOOKS = ("sampler_cfg_function", "sampler_calc_cond_batch_function")
 class FlashFaceGuider(comfy.samplers.CFGGuider):
     """Text guidance ``text_scale``, reference guidance ``ref_scale`` from ``start_fraction`` on.
 
-    The U-Net sees the integer timestep nearest each sigma (as in all of ComfyUI); the x0
-    prediction uses that timestep's own noise level, as the official sampler does. For
-    sigmas that sit on integer timesteps this is ComfyUI's usual x0 prediction.
+    The U-Net sees the integer timestep the official sampler picks for each sigma (the
+    model's ``timestep``, see ``timesteps.py``); the x0 prediction uses that timestep's own
+    noise level, as the official sampler does. For sigmas that sit on integer timesteps this
+    is ComfyUI's usual x0 prediction.
     """
 
     def __init__(self, model_patcher, text_scale: float, ref_scale: float, start_fraction: float, early_strength: float, rescale: float):

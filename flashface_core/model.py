@@ -21,6 +21,7 @@ from comfy.ldm.modules.attention import CrossAttention, SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from . import checkpoint, reference_attention
+from .timesteps import OfficialTimestepSampling
 
 # Every GroupNorm of the official U-Nets; ComfyUI builds ResBlocks and `out` with 1e-5.
 GROUP_NORM_EPS = 1e-6
@@ -77,6 +78,7 @@ def reference_attention_layers(unet: UNetModel, device, operations, dtype) -> to
 class FlashFaceModel(comfy.model_base.BaseModel):
     def __init__(self, model_config: FlashFaceConfig, device=None):
         super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device)
+        self.model_sampling = OfficialTimestepSampling(model_config)
         unet_config = model_config.unet_config
         operations = comfy.ops.pick_operations(unet_config.get("dtype"), self.manual_cast_dtype)
         self.reference_unet = ReferenceUNet(unet_config, device, operations)

@@ -8,6 +8,7 @@ import latent_preview
 import torch
 
 from .guider import FlashFaceGuider
+from .timesteps import trailing_timesteps
 
 TRAILING = "trailing"
 SCHEDULERS = [TRAILING] + list(comfy.samplers.SCHEDULER_NAMES)
@@ -16,8 +17,7 @@ SCHEDULERS = [TRAILING] + list(comfy.samplers.SCHEDULER_NAMES)
 def trailing_sigmas(model_sampling, steps: int) -> torch.Tensor:
     """The official schedule: t_i = 999 - i * 1000 / steps (fractional when steps does not
     divide 1000), sigmas interpolated in log space at those t_i, then 0."""
-    timesteps = 999.0 - torch.arange(steps, dtype=torch.float64) * (1000.0 / steps)
-    sigmas = model_sampling.sigma(timesteps.float())
+    sigmas = model_sampling.sigma(trailing_timesteps(steps))
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
@@ -27,12 +27,15 @@ def calculate_sigmas(model_sampling, scheduler: str, steps: int, denoise: float 
         raise ValueError(f"Unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}.")
     if denoise <= 0.0:
         return torch.zeros(0)
-    total = steps if denoise >= 1.0 else int(steps / denoise)
+    if denoise >= 1.0:
+        return _full_sigmas(model_sampling, scheduler, steps)
+    return _full_sigmas(model_sampling, scheduler, int(steps / denoise))[-(steps + 1):]
+
+
+def _full_sigmas(model_sampling, scheduler: str, steps: int) -> torch.Tensor:
     if scheduler == TRAILING:
-        sigmas = trailing_sigmas(model_sampling, total)
-    else:
-        sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()
-    return sigmas[-(steps + 1):]
+        return trailing_sigmas(model_sampling, steps)
+    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
 
 
 def sample(model, positive, negative, latent: dict, seed: int, steps: int, sampler_name: str, scheduler: str,

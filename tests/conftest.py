@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN_DIR = SHARED / "golden"
+GOLDEN_STEPS_DIR = SHARED / "golden_steps"  # sampling runs at step counts with half timesteps
 FACES_DIR = SHARED / "faces"
 PACKAGE = "comfyui_flashface"
 
@@ -64,7 +65,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def golden_sets():
-    sets = sorted(p.parent for p in GOLDEN_DIR.glob("*/golden.json"))
+    sets = sorted(p.parent for root in (GOLDEN_DIR, GOLDEN_STEPS_DIR) for p in root.glob("*/golden.json"))
     if not sets:
         pytest.skip(f"no golden sets under {GOLDEN_DIR}")
     return sets

@@ -30,9 +30,9 @@ def _outputs(model, golden, strengths, timestep=900):
 
 
 def test_verify_golden_command_passes_on_every_set(golden_sets):
-    root = golden_sets[0].parent
+    roots = sorted({str(path.parent) for path in golden_sets})
     result = subprocess.run(
-        [sys.executable, "-m", "flashface_core.verify_golden", str(root)],
+        [sys.executable, "-m", "flashface_core.verify_golden", *roots],
         capture_output=True, text=True, cwd=str(ROOT), env={**os.environ, "COMFYUI_PATH": str(HOST)},
     )
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

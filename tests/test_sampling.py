@@ -50,6 +50,37 @@ def test_trailing_schedule_matches_the_official_timesteps(golden_sets, flashface
         assert seen == settings["unet_timesteps_seen_in_sampling"]
 
 
+def test_unet_timesteps_match_the_official_sampler_at_every_step_count(flashface):
+    """Steps 1..200 of the trailing schedule, against the official code's own arithmetic; the
+    timesteps come from the model's sampling object, as the U-Net and the guider get them."""
+    import json
+
+    from conftest import GOLDEN_STEPS_DIR
+
+    from comfyui_flashface.flashface_core.sampling import calculate_sigmas
+
+    table = GOLDEN_STEPS_DIR / "official_timesteps.json"
+    if not table.is_file():
+        pytest.skip(f"no {table}")
+    official = json.loads(table.read_text())["timesteps"]
+    model_sampling = flashface.model.model_sampling
+    wrong = {}
+    for steps in range(1, 201):
+        sigmas = calculate_sigmas(model_sampling, "trailing", steps)
+        seen = [int(t) for t in model_sampling.timestep(sigmas[:-1]).tolist()]
+        if seen != official[str(steps)]:
+            wrong[steps] = seen
+    assert len(official) == 200 and not wrong
+
+
+def test_official_timestep_rule_agrees_with_comfyui_on_integer_timesteps(flashface):
+    import comfy.model_sampling
+
+    model_sampling = flashface.model.model_sampling
+    nearest = comfy.model_sampling.ModelSamplingDiscrete.timestep(model_sampling, model_sampling.sigmas)
+    assert model_sampling.timestep(model_sampling.sigmas).tolist() == nearest.float().tolist() == list(range(1000))
+
+
 def test_batch_of_two_gives_two_different_images(flashface, inputs):
     out = run_sampler(flashface, inputs, latent={"samples": torch.zeros(2, 4, 8, 8)})
     assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
