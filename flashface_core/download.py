@@ -185,13 +185,20 @@ def check_file(path: Path, file: ModelFile, progress: bool = True) -> None:
 
 def _hf_hub_download():
     try:
-        from huggingface_hub import hf_hub_download
+        import huggingface_hub
     except ImportError as error:
         raise DownloadError(
             "The downloader needs huggingface_hub, which did not import "
             f"({error}). Install it into ComfyUI's Python: python -m pip install huggingface_hub"
         ) from error
-    return hf_hub_download
+    # From 0.23 a download into local_dir is a real file written through an .incomplete name;
+    # older versions may leave a link into their cache instead.
+    if tuple(int(part) for part in huggingface_hub.__version__.split(".")[:2]) < (0, 23):
+        raise DownloadError(
+            f"huggingface_hub {huggingface_hub.__version__} is too old for the downloader (0.23 or newer "
+            "needed). Update it in ComfyUI's Python: python -m pip install -U huggingface_hub"
+        )
+    return huggingface_hub.hf_hub_download
 
 
 def fetch(file: ModelFile, folder: Path, progress: bool = True) -> Path:
