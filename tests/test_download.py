@@ -108,7 +108,7 @@ def test_selection_flags():
     assert download.select_files(sd15=False, detector_only=True) == [download.DETECTOR]
 
 
-def _small_file(tmp_path, content=b"flashface weights" * 100) -> ModelFile:
+def _small_file(content=b"flashface weights" * 100) -> ModelFile:
     return ModelFile(
         repo_id="shilongz/FlashFace-SD1.5", filename="flashface.ckpt", folders=("flashface",),
         size=len(content), sha256=hashlib.sha256(content).hexdigest(), role="test",
@@ -132,7 +132,7 @@ def _fake_hub(content: bytes, calls: list):
 
 def test_download_lands_in_the_folder_under_its_name_after_the_size_and_hash_check(tmp_path, monkeypatch):
     content = b"flashface weights" * 100
-    file = _small_file(tmp_path, content)
+    file = _small_file(content)
     calls = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(content, calls))
     folder = tmp_path / "models" / "flashface"
@@ -144,7 +144,7 @@ def test_download_lands_in_the_folder_under_its_name_after_the_size_and_hash_che
 
 @pytest.mark.parametrize("damage", ["short", "other bytes"])
 def test_a_wrong_download_is_deleted_and_never_gets_the_final_name(tmp_path, monkeypatch, damage):
-    file = _small_file(tmp_path)
+    file = _small_file()
     wrong = b"flashface weights" * 50 if damage == "short" else b"x" * file.size
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(wrong, []))
     folder = tmp_path / "flashface"
@@ -226,4 +226,4 @@ def test_missing_huggingface_hub_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_hub)
     with pytest.raises(DownloadError, match="pip install huggingface_hub"):
-        download.fetch(_small_file(tmp_path), tmp_path / "flashface", progress=False)
+        download.fetch(_small_file(), tmp_path / "flashface", progress=False)
