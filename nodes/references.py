@@ -46,9 +46,10 @@ class EncodeReferenceFaces:
                                                         "once all faces are in."}),
                 "straighten": (list(face_references.STRAIGHTEN_CHOICES), {
                     "default": face_references.STRAIGHTEN_AUTO,
-                    "tooltip": "Levelling the eyes of tilted faces: 'two passes' detects again on the straightened "
-                               "face and corrects what is left; 'one pass' is the official crop. 'auto': one pass "
-                               f"with '{RETINAFACE}' (as FlashFace was trained), two with the other detectors.",
+                    "tooltip": "Levelling the eyes of tilted faces: 'detect again' looks again at the face turned "
+                               "straight and corrects what is left (other detectors than RetinaFace leave tilted eyes "
+                               "too level); 'one pass' is the official crop. 'auto': one pass with "
+                               f"'{RETINAFACE}' (as FlashFace was trained), 'detect again' with the others.",
                 }),
             },
             "optional": {
