@@ -239,6 +239,16 @@ def test_detector_loads_once_on_comfyuis_device_and_is_freed_with_it(installed_w
 
 
 @pytest.mark.host
+def test_the_default_detector_needs_no_onnx_package(installed_weights, monkeypatch):
+    from comfyui_flashface.flashface_core.faces import detection
+
+    for name in ("onnx", "onnxruntime", "insightface"):
+        monkeypatch.setitem(sys.modules, name, None)  # any import of them fails
+    assert face_references.DEFAULT_DETECTOR == RETINAFACE
+    detection.load_detector(RETINAFACE).detect(np.zeros((96, 96, 3), dtype=np.uint8), 0.99)
+
+
+@pytest.mark.host
 def test_encoder_crop_is_the_official_crop(installed_weights, golden_set):
     """The node's path (IMAGE in, largest face, one pass) gives the official crop of that face."""
     _, settings, tensors = golden_set
