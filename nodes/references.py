@@ -44,6 +44,8 @@ class EncodeReferenceFaces:
                                              "tooltip": "With fewer than 4 faces, the model reads them repeated in order "
                                                         "up to 4, as the official demo does. Chained nodes repeat only "
                                                         "once all faces are in."}),
+            },
+            "optional": {
                 "straighten": (list(face_references.STRAIGHTEN_CHOICES), {
                     "default": face_references.STRAIGHTEN_AUTO,
                     "tooltip": "Levelling the eyes of tilted faces: 'detect again' looks again at the face turned "
@@ -51,8 +53,6 @@ class EncodeReferenceFaces:
                                "too level); 'one pass' is the official crop. 'auto': one pass with "
                                f"'{RETINAFACE}' (as FlashFace was trained), 'detect again' with the others.",
                 }),
-            },
-            "optional": {
                 "references": (REFERENCES_TYPE, {"tooltip": "Earlier references to extend (from another Encode "
                                                             "Reference Faces node); they come first."}),
                 **{name: ("IMAGE", {"tooltip": "More photos, of any size (each input may be a batch); "

@@ -268,6 +268,9 @@ def load_weights(path: str) -> dict:
         raise WeightFileError(f"{path} holds no state dict of tensors; expected the official {WEIGHTS_FILE} from {SOURCE}.")
     state = _official_keys(state)
     shapes = _expected_shapes()
+    for key in shapes.keys() - state.keys():
+        if key.endswith(".num_batches_tracked"):  # a counter for training, absent from some releases
+            state[key] = torch.tensor(0)
     missing = sorted(shapes.keys() - state.keys())
     unexpected = sorted(state.keys() - shapes.keys())
     wrong = sorted(k for k in shapes.keys() & state.keys() if tuple(state[k].shape) != shapes[k])
