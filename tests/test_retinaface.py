@@ -282,7 +282,7 @@ def test_no_face_above_the_threshold_is_a_clear_error(installed_weights):
 
 
 @pytest.mark.host
-def test_grayscale_rgba_and_half_precision_photos(installed_weights, golden_set):
+def test_grayscale_rgba_16_bit_and_half_precision_photos(installed_weights, golden_set):
     rgb = torch.from_numpy(photo_rgb(golden_set, 0).astype(np.float32) / 255)[None]
     _, expected = face_references.encode_reference_faces(StandInVAE(), rgb, RETINAFACE)
     rgba = torch.cat([rgb, torch.rand_like(rgb[..., :1])], dim=-1)
@@ -291,6 +291,8 @@ def test_grayscale_rgba_and_half_precision_photos(installed_weights, golden_set)
     assert grey.shape == (1, 224, 224, 3) and torch.equal(grey[..., 0], grey[..., 2])
     _, half = face_references.encode_reference_faces(StandInVAE(), rgb.half(), RETINAFACE)
     assert half.shape == (1, 224, 224, 3)
+    sixteen_bit = (rgb * 255).round() * 257 / 65535  # a 16-bit photo of the same pixels, as 0..1 floats
+    torch.testing.assert_close(face_references.encode_reference_faces(StandInVAE(), sixteen_bit, RETINAFACE)[1], expected)
 
 
 def test_huge_photos_are_shrunk_by_a_box_average_in_pieces(monkeypatch):
