@@ -242,9 +242,12 @@ class WeightFileError(ValueError):
 _FOREIGN_PREFIXES = {"ClassHead.": "class_head.", "BboxHead.": "bbox_head.", "LandmarkHead.": "landmark_head."}
 
 
+def _unwrapped(state: dict) -> dict:
+    """The state dict itself, also when a training script saved it under "state_dict"."""
+    return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+
+
 def _official_keys(state: dict) -> dict:
-    if isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
     mapped = {}
     for key, value in state.items():
         key = key.removeprefix("module.")
@@ -261,12 +264,15 @@ def load_weights(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as error:  # torch.load raises many types for truncated or foreign files
         raise WeightFileError(
-            f"{path} could not be read as a RetinaFace weight file ({type(error).__name__}: {error}). It may be "
+            f"{path} could not be read as a RetinaFace weight file ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no details'}). It may be "
             f"truncated or not a torch file: download {WEIGHTS_FILE} again from {SOURCE} (or run {DOWNLOAD_COMMAND})."
         ) from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in _official_keys(state).values()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in _unwrapped(state).items()
+    ):
         raise WeightFileError(f"{path} holds no state dict of tensors; expected the official {WEIGHTS_FILE} from {SOURCE}.")
-    state = _official_keys(state)
+    state = _official_keys(_unwrapped(state))
     shapes = _expected_shapes()
     for key in shapes.keys() - state.keys():
         if key.endswith(".num_batches_tracked"):  # a counter for training, absent from some releases
