@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -204,6 +205,7 @@ def installed_weights(model_folders, golden_set):
     (model_folders["facedetection"] / retinaface.WEIGHTS_FILE).symlink_to(golden_set[0] / faces_golden.WEIGHTS)
     yield model_folders["facedetection"] / retinaface.WEIGHTS_FILE
     comfy.model_management.unload_all_models()
+    retinaface._loaded.clear()  # one loaded but never run is not ComfyUI's to unload
 
 
 @pytest.mark.host
@@ -226,6 +228,7 @@ def test_weights_are_found_in_the_flashface_folder_first(model_folders, golden_s
 @pytest.mark.host
 def test_detector_loads_once_on_comfyuis_device_and_is_freed_with_it(installed_weights):
     import comfy.model_management
+    import comfy.model_patcher
 
     detector = retinaface.load_detector()
     assert retinaface.load_detector() is detector
@@ -234,9 +237,14 @@ def test_detector_loads_once_on_comfyuis_device_and_is_freed_with_it(installed_w
     detector.detect(np.zeros((96, 96, 3), dtype=np.uint8), 0.99)
     assert any(model is detector.patcher for model in comfy.model_management.loaded_models())
 
+    other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(4, 4), detector.patcher.load_device,
+                                             detector.patcher.offload_device)
+    comfy.model_management.load_models_gpu([other])  # ComfyUI unloads both in one loop below
+    network = weakref.ref(detector.patcher.model)
+    del detector
     comfy.model_management.unload_all_models()
-    assert not retinaface._loaded  # nothing kept once ComfyUI unloaded it
-    assert retinaface.load_detector() is not detector
+    assert not retinaface._loaded and network() is None  # nothing kept once ComfyUI unloaded it
+    assert retinaface.load_detector().patcher.model is not None
 
 
 @pytest.mark.host

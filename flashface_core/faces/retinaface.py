@@ -13,6 +13,7 @@ facexlib and biubug6 files of the same network load with their key names mapped.
 import itertools
 import logging
 import os
+import weakref
 from functools import cache
 
 import numpy as np
@@ -351,6 +352,25 @@ class RetinaFaceDetector:
 _loaded: dict = {}
 
 
+def _release_with_comfy_record(detector: RetinaFaceDetector):
+    """Let go of an unloaded detector together with ComfyUI's record of it.
+
+    ComfyUI unloads models inside a loop over its records and drops a record after that
+    loop; a network freed inside the loop would make ComfyUI remove its record there and
+    then, under the loop. So the detector lives on exactly as long as the record.
+    """
+    import comfy.model_management
+
+    for record in comfy.model_management.current_loaded_models:
+        if record.model is detector.patcher:
+            weakref.finalize(record, _drop, detector)
+            return
+
+
+def _drop(_detector):
+    """Nothing to do: the finalizer holding the detector is what keeps it, until it runs."""
+
+
 def load_detector() -> RetinaFaceDetector:
     """The detector for the weight file found now, reused while ComfyUI keeps it loaded.
 
@@ -368,9 +388,9 @@ def load_detector() -> RetinaFaceDetector:
         detector = RetinaFaceDetector(path)
         logger.info("FlashFace face detector retinaface loaded from %s; runs on %s", path, detector.provider)
 
-        def forget(patcher, *_):
-            if _loaded.get(key) is detector:
-                del _loaded[key]
+        def forget(patcher, *_):  # refers to nothing but the key, so no cycle keeps the network alive
+            if key in _loaded and _loaded[key].patcher is patcher:
+                _release_with_comfy_record(_loaded.pop(key))
 
         detector.patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, forget)
         _loaded[key] = detector
