@@ -3,7 +3,8 @@
 ``comfy_server`` (module-scoped fixture; import it into a test module) lays out a temporary
 ComfyUI base: ``custom_nodes/ComfyUI-FlashFace`` (a link to this pack), a tiny test-only node
 file (seeded CONDITIONING and a small random SD1.5-layout VAE, which no download provides),
-``models/flashface`` with the golden tiny checkpoint, ``input/`` with two face photos as RGB
+``models/flashface`` with the golden tiny checkpoint and the detector golden set's random
+RetinaFace weights as ``retinaface_resnet50.pth``, ``input/`` with two face photos as RGB
 PNGs, and an ``extra_model_paths.yaml`` registering the custom nodes and flashface folders.
 It starts the host's ``main.py`` on a free 127.0.0.1 port and kills it at teardown. Nothing
 is written into the ComfyUI installation (user folder, database and temp live in the
@@ -28,11 +29,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FACES_DIR, GOLDEN_DIR, HOST, ROOT
+from conftest import FACES_DIR, GOLDEN_DIR, GOLDEN_FACES_DIR, HOST, ROOT
 from PIL import Image
 
 PACK_DIR_NAME = "ComfyUI-FlashFace"
 CHECKPOINT = "flashface_tiny.ckpt"
+DETECTOR_WEIGHTS = "retinaface_resnet50.pth"
 # Two reference photos (one face each), saved as RGB PNGs of at most PHOTO_SIZE pixels.
 PHOTOS = {"man.png": "man_face/1.png", "woman.png": "woman_face/1.png"}
 PHOTO_SIZE = 512
@@ -100,6 +102,13 @@ def golden_checkpoint() -> Path:
     return found[0]
 
 
+def golden_detector_weights() -> Path:
+    found = sorted(GOLDEN_FACES_DIR.glob("*/retinaface_resnet50_random.pth"))
+    if not found:
+        pytest.skip(f"no golden RetinaFace weights under {GOLDEN_FACES_DIR}")
+    return found[0]
+
+
 def prepare_base(base: Path) -> dict:
     """Lay out the temporary ComfyUI folders; return the paths main.py is started with."""
     custom_nodes = base / "custom_nodes"
@@ -110,6 +119,7 @@ def prepare_base(base: Path) -> dict:
     flashface = base / "models" / "flashface"
     flashface.mkdir(parents=True)
     (flashface / CHECKPOINT).symlink_to(golden_checkpoint())
+    (flashface / DETECTOR_WEIGHTS).symlink_to(golden_detector_weights())
 
     paths = {name: base / name for name in ("input", "output", "temp", "user")}
     for path in paths.values():

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN_DIR = SHARED / "golden"
 GOLDEN_STEPS_DIR = SHARED / "golden_steps"  # sampling runs at step counts with half timesteps
+GOLDEN_FACES_DIR = SHARED / "golden_faces"
 FACES_DIR = SHARED / "faces"
 PACKAGE = "comfyui_flashface"
 
@@ -68,6 +69,16 @@ def golden_sets():
     sets = sorted(p.parent for root in (GOLDEN_DIR, GOLDEN_STEPS_DIR) for p in root.glob("*/golden.json"))
     if not sets:
         pytest.skip(f"no golden sets under {GOLDEN_DIR}")
+    return sets
+
+
+@pytest.fixture(scope="session")
+def golden_face_sets():
+    from comfyui_flashface.flashface_core.faces import golden
+
+    sets = golden.find_golden_sets([GOLDEN_FACES_DIR])
+    if not sets:
+        pytest.skip(f"no detector golden sets under {GOLDEN_FACES_DIR}")
     return sets
 
 
