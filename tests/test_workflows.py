@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from comfy_server import Chromium, comfy_server_fixture, find_chromium  # noqa: F401 (fixture)
 from conftest import ROOT
+from comfyui_flashface.flashface_core import workflow_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # Core ComfyUI 0.3.64 nodes the workflows may use, and the frontend's own note nodes.
@@ -156,8 +157,11 @@ def test_workflow_loads_in_the_frontend(frontend, comfy_server, path, tmp_path_f
     time.sleep(0.3)
     frontend.screenshot(screenshot)
 
-    # The prompt the frontend makes: the server refuses it only for the files a user brings.
+    # The prompt the frontend makes: what the pack's converter makes, and the server refuses it only for
+    # the files a user brings.
     prompt = graph_to_prompt(frontend)
+    definitions = workflow_api.definitions_from_object_info(comfy_server.get("/object_info"))
+    assert prompt == workflow_api.to_api(workflow, definitions)
     active = [node for node in workflow["nodes"] if node["mode"] == ACTIVE and node["type"] not in FRONTEND_NODES]
     assert len(prompt) == len(active)
     status, answer = comfy_server.post("/prompt", {"prompt": prompt, "client_id": "flashface-tests"})
