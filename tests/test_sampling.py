@@ -262,9 +262,20 @@ def test_bad_face_boxes(flashface, inputs, box):
         run_sampler(flashface, inputs, box=box)
 
 
-def test_face_mask_of_the_wrong_size(flashface, inputs):
-    with pytest.raises(ValueError, match="size of the image"):
-        run_sampler(flashface, inputs, face_mask=torch.ones(1, 50, 30))
+def test_face_mask_of_another_size_is_resized_to_the_image(flashface, inputs):
+    """As ComfyUI's own mask inputs: a mask painted at another size covers the same part of the image."""
+    resized = run_sampler(flashface, inputs, seed=5, face_mask=torch.ones(1, 50, 30))
+    full = run_sampler(flashface, inputs, seed=5, face_mask=torch.ones(1, 64, 64))
+    assert torch.equal(resized, full)
+
+
+def test_empty_face_mask_says_to_paint_the_face():
+    """Load Image hands an empty 64x64 mask over for a photo without a painted mask."""
+    from comfyui_flashface.flashface_core.face_position import FacePosition
+
+    with pytest.raises(ValueError, match="MaskEditor") as error:
+        FacePosition(mask=torch.zeros(1, 64, 64))
+    assert "64x64" in str(error.value)
 
 
 def test_controlnet_through_the_stock_node(flashface, inputs):
