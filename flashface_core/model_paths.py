@@ -1,8 +1,10 @@
 """Model folders this pack reads, registered with ComfyUI's ``folder_paths``.
 
-``models/flashface`` holds FlashFace checkpoints; ``models/insightface`` is where ComfyUI's
-other face packs keep insightface model packs (``models/insightface/models/<pack>/``).
-Paths a user or ``extra_model_paths.yaml`` already registered are kept.
+``models/flashface`` holds FlashFace checkpoints (and may hold the face detector);
+``models/facedetection`` is where other face packs (facexlib users) keep face detectors;
+``models/insightface`` is where ComfyUI's other face packs keep insightface model packs
+(``models/insightface/models/<pack>/``). Paths a user or ``extra_model_paths.yaml`` already
+registered are kept.
 """
 
 import os
@@ -10,6 +12,7 @@ import os
 import folder_paths
 
 FLASHFACE = "flashface"
+FACE_DETECTION = "facedetection"
 INSIGHTFACE = "insightface"
 CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
 
@@ -28,6 +31,7 @@ def _register(name: str, extensions: set[str]):
 def register_model_folders():
     """Idempotent; called when the pack is imported by ComfyUI."""
     _register(FLASHFACE, CHECKPOINT_EXTENSIONS)
+    _register(FACE_DETECTION, {".pth", ".pt"})
     _register(INSIGHTFACE, set())
 
 
@@ -35,3 +39,18 @@ def insightface_roots() -> list[str]:
     """Folders that may hold ``models/<pack>/`` insightface model packs, user paths first."""
     register_model_folders()
     return folder_paths.get_folder_paths(INSIGHTFACE)
+
+
+def detector_folders() -> list[str]:
+    """Folders searched for a face detector's weight file, in order: FlashFace's, then face detection's."""
+    register_model_folders()
+    return [*folder_paths.get_folder_paths(FLASHFACE), *folder_paths.get_folder_paths(FACE_DETECTION)]
+
+
+def find_detector_weights(filename: str) -> str | None:
+    """The first ``filename`` in ``detector_folders()``, or None."""
+    for folder in detector_folders():
+        path = os.path.join(folder, filename)
+        if os.path.isfile(path):
+            return path
+    return None

@@ -1,9 +1,11 @@
 """Nodes that turn reference photos into FlashFace references."""
 
-from ..flashface_core import face_references
-from ..flashface_core.face_detection import CENTERFACE
+from ..flashface_core.faces import references as face_references
+from ..flashface_core.faces.detection import CENTERFACE, RETINAFACE
 
 REFERENCES_TYPE = "FLASHFACE_REFERENCES"
+# Optional photo inputs beside ``images``: photos of different sizes cannot share one IMAGE batch.
+EXTRA_IMAGES = tuple(f"image_{i}" for i in range(2, 9))
 
 
 class EncodeReferenceFaces:
@@ -13,13 +15,16 @@ class EncodeReferenceFaces:
             "required": {
                 "vae": ("VAE", {"tooltip": "The SD1.5 VAE that encodes the face crops (the one of the checkpoint)."}),
                 "images": ("IMAGE", {"tooltip": "Photos with one face each, or face crops when the detector is "
-                                                f"'{face_references.PRE_CROPPED}'. Photos of different sizes: use one "
-                                                "node per size and chain them through 'references'."}),
+                                                f"'{face_references.PRE_CROPPED}'. More photos of other sizes go in "
+                                                "image_2 to image_8."}),
                 "detector": (list(face_references.DETECTOR_CHOICES), {
-                    "default": face_references.DETECTOR_CHOICES[0],
-                    "tooltip": "Face detector: an insightface model pack from models/insightface/models/, the "
-                               f"'{CENTERFACE}' detector that needs no download, or none when the images are "
-                               "already face crops (they are only resized and padded to 224x224).",
+                    "default": face_references.DEFAULT_DETECTOR,
+                    "tooltip": f"Face detector. '{RETINAFACE}': the official one FlashFace was trained with "
+                               "(retinaface_resnet50.pth in models/flashface/ or models/facedetection/). Or an "
+                               "insightface model pack from models/insightface/models/, the "
+                               f"'{CENTERFACE}' detector (both need onnxruntime), or none when the images are "
+                               "already face crops, e.g. drawn faces a detector misses (they are only resized and "
+                               "padded to 224x224).",
                 }),
                 "face_choice": (list(face_references.FACE_CHOICES), {
                     "default": face_references.LARGEST,
@@ -32,16 +37,25 @@ class EncodeReferenceFaces:
                     "default": face_references.NO_FACE_ERROR,
                     "tooltip": "A photo without a face: stop with an error naming it, or skip it (logged).",
                 }),
-                "threshold": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
-                                        "tooltip": "Detection confidence needed; lower it if a face is missed."}),
+                "threshold": ("FLOAT", {"default": face_references.DEFAULT_THRESHOLD, "min": 0.05, "max": 0.99,
+                                        "step": 0.01, "tooltip": "Detection confidence needed (official: 0.6); "
+                                                                 "lower it if a face is missed."}),
                 "fill_to_four": ("BOOLEAN", {"default": True,
                                              "tooltip": "With fewer than 4 faces, the model reads them repeated in order "
                                                         "up to 4, as the official demo does. Chained nodes repeat only "
                                                         "once all faces are in."}),
+                "straighten": (list(face_references.STRAIGHTEN_CHOICES), {
+                    "default": face_references.STRAIGHTEN_AUTO,
+                    "tooltip": "Levelling the eyes of tilted faces: 'two passes' detects again on the straightened "
+                               "face and corrects what is left; 'one pass' is the official crop. 'auto': one pass "
+                               f"with '{RETINAFACE}' (as FlashFace was trained), two with the other detectors.",
+                }),
             },
             "optional": {
                 "references": (REFERENCES_TYPE, {"tooltip": "Earlier references to extend (from another Encode "
                                                             "Reference Faces node); they come first."}),
+                **{name: ("IMAGE", {"tooltip": "More photos, of any size (each input may be a batch); "
+                                               "the references follow the inputs' order."}) for name in EXTRA_IMAGES},
             },
         }
 
@@ -55,13 +69,17 @@ class EncodeReferenceFaces:
     CATEGORY = "FlashFace"
     DESCRIPTION = (
         "Finds one face per photo, crops and straightens it the way FlashFace was trained (tight box, eyes "
-        "level, 224x224 with black bars) and encodes it with the VAE into FlashFace references."
+        "level, 224x224 with black bars) and encodes it with the VAE into FlashFace references. Photos of "
+        "different sizes go into images and image_2 to image_8."
     )
 
-    def encode(self, vae, images, detector, face_choice, face_index, no_face, threshold, fill_to_four, references=None):
+    def encode(self, vae, images, detector, face_choice, face_index, no_face, threshold, fill_to_four,
+               straighten=face_references.STRAIGHTEN_AUTO, references=None, **more_images):
+        photos = [("images", images)] + [(name, more_images[name]) for name in EXTRA_IMAGES
+                                         if more_images.get(name) is not None]
         return face_references.encode_reference_faces(
             vae,
-            images,
+            photos,
             detector,
             face_choice=face_choice,
             face_index=face_index,
@@ -69,6 +87,7 @@ class EncodeReferenceFaces:
             threshold=threshold,
             fill_to_four=fill_to_four,
             previous=references,
+            straighten=straighten,
         )
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from comfyui_flashface.flashface_core import face_alignment
+from comfyui_flashface.flashface_core.faces import alignment as face_alignment
 
 LANDMARKS = np.array([[150.0, 120.0], [250.0, 150.0], [200.0, 180.0], [165.0, 220.0], [240.0, 228.0]])
 BOX = (100.0, 50.0, 300.0, 250.0)
@@ -16,11 +16,28 @@ def _dot_centre(crop: np.ndarray, channel: int) -> np.ndarray:
     return np.array([(xs * weight).sum(), (ys * weight).sum()]) / weight.sum()
 
 
-def test_eye_line_angle_sign():
-    assert face_alignment.eye_line_angle([[0, 0], [10, 0]]) == 0
+def test_official_angle_sign():
+    assert face_alignment.official_angle([[0, 0], [10, 0]]) == 0
     # Right-hand eye lower on screen (y down): positive, PIL rotates it back counter-clockwise.
-    assert face_alignment.eye_line_angle([[0, 0], [10, 10]]) == pytest.approx(45)
-    assert face_alignment.eye_line_angle([[0, 10], [10, 0]]) == pytest.approx(-45)
+    assert face_alignment.official_angle([[0, 0], [10, 10]]) == pytest.approx(45)
+    assert face_alignment.official_angle([[0, 10], [10, 0]]) == pytest.approx(-45)
+
+
+@pytest.mark.parametrize(
+    "eyes, official, atan2",
+    [
+        ([[10, 0], [0, 10]], 45, 135),  # mirrored eyes, the first one higher
+        ([[10, 10], [0, 0]], -45, -135),  # mirrored eyes, the first one lower
+        ([[0, 0], [0, 10]], 0, 90),  # one above the other: the official code does not turn
+        ([[0, 10], [0, 0]], -90, -90),
+    ],
+)
+def test_official_angle_follows_the_law_of_cosines_not_atan2(eyes, official, atan2):
+    """The official crop_face formula differs from the eye-line angle when the eyes come mirrored."""
+    points = np.asarray(eyes, dtype=np.float64)
+    (lx, ly), (rx, ry) = points
+    assert np.degrees(np.arctan2(ry - ly, rx - lx)) == pytest.approx(atan2)
+    assert face_alignment.official_angle(eyes) == pytest.approx(official)
 
 
 def test_dots_drawn_at_the_eyes_land_where_transform_points_says_and_level():
@@ -35,7 +52,7 @@ def test_dots_drawn_at_the_eyes_land_where_transform_points_says_and_level():
     found = np.stack([_dot_centre(crop, 0), _dot_centre(crop, 1)])
     np.testing.assert_allclose(found, expected[:2], atol=1.5)
     assert abs(found[1, 1] - found[0, 1]) < 0.02 * 224
-    assert abs(expected[1, 1] - expected[0, 1]) < 1e-9
+    assert abs(expected[1, 1] - expected[0, 1]) < 1e-4  # the official angle is worked out in float32
 
 
 def test_crop_follows_the_official_steps_exactly():

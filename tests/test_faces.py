@@ -15,7 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_flashface.flashface_core import face_alignment, face_detection, face_references
+from comfyui_flashface.flashface_core.faces import alignment as face_alignment
+from comfyui_flashface.flashface_core.faces import detection as face_detection
+from comfyui_flashface.flashface_core.faces import references as face_references
 from comfyui_flashface.flashface_core.references import FlashFaceReferences
 
 CENTERFACE = face_detection.CENTERFACE
@@ -216,7 +218,7 @@ def test_non_sd15_vae_and_unknown_options_are_refused(no_detector):
     with pytest.raises(ValueError, match="SD1.5 VAE"):
         face_references.encode_reference_faces(vae, images, CENTERFACE)
     with pytest.raises(ValueError, match="Unknown face detector"):
-        face_references.encode_reference_faces(StandInVAE(), images, "retinaface")
+        face_references.encode_reference_faces(StandInVAE(), images, "scrfd")
     with pytest.raises(ValueError, match="Unknown face choice"):
         face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_choice="smallest")
 
@@ -236,11 +238,11 @@ def test_clobbered_onnxruntime_is_named(monkeypatch):
         face_detection.execution_providers()
 
 
-def test_missing_insightface_points_to_the_offline_detector(monkeypatch):
+def test_missing_insightface_points_to_the_default_detector(monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setitem(sys.modules, "insightface", None)
     monkeypatch.setitem(sys.modules, "insightface.app", None)
-    with pytest.raises(RuntimeError, match="needs insightface.*centerface \\(offline\\)"):
+    with pytest.raises(RuntimeError, match="needs insightface.*'retinaface' detector"):
         face_detection.InsightFaceDetector("antelopev2", "/nowhere", ("CPUExecutionProvider",))
 
 

@@ -9,7 +9,8 @@ import importlib.util
 
 import pytest
 from comfy_server import CHECKPOINT, PACK_DIR_NAME, comfy_server_fixture  # noqa: F401 (fixture)
-from comfyui_flashface.flashface_core import face_detection, face_references
+from comfyui_flashface.flashface_core.faces import detection as face_detection
+from comfyui_flashface.flashface_core.faces import references as face_references
 
 pytestmark = [
     pytest.mark.host,

@@ -1,10 +1,11 @@
-"""Face detectors for the reference photos: insightface model packs and an offline CenterFace.
+"""Face detectors for the reference photos: the official RetinaFace (torch, ``retinaface.py``),
+insightface model packs and an offline CenterFace (both on onnxruntime).
 
 Every backend gives the same result, a box, five landmarks (eye on the image's left, eye
-on the image's right, nose, mouth left, mouth right) and a score, from onnxruntime on CUDA
-when it is there and on the CPU otherwise, and says which execution provider it really
-runs on. insightface, onnxruntime and onnx are imported only when a detector is loaded,
-so the pack loads without them; loaded detectors are kept for the next prompt.
+on the image's right, nose, mouth left, mouth right) and a score, and says where it really
+runs (the onnxruntime backends on CUDA when it is there, on the CPU otherwise). insightface,
+onnxruntime and onnx are imported only when such a detector is loaded, so the pack and the
+default detector work without them; loaded ONNX detectors are kept for the next prompt.
 """
 
 import functools
@@ -19,6 +20,7 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
+RETINAFACE = "retinaface"
 CENTERFACE = "centerface (offline)"
 # The detector file FaceAnalysis needs in each pack, and everything the pack's zip holds.
 INSIGHTFACE_PACKS = {
@@ -31,7 +33,7 @@ INSIGHTFACE_PACKS = {
         ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx", "w600k_r50.onnx"),
     ),
 }
-DETECTORS = (*INSIGHTFACE_PACKS, CENTERFACE)
+DETECTORS = (RETINAFACE, *INSIGHTFACE_PACKS, CENTERFACE)
 PACK_SOURCE = "https://github.com/deepinsight/insightface/releases/download/v0.7/{pack}.zip"
 # Detection sizes tried in turn until a face is found: small faces need the large size,
 # faces that fill the frame are found more reliably at the smaller ones.
@@ -115,6 +117,7 @@ class CenterFaceDetector:
     """
 
     name = CENTERFACE
+    sizes = DETECTION_SIZES
 
     def __init__(self, model_path: str, providers: tuple[str, ...]):
         onnxruntime = _import_onnxruntime()
@@ -204,6 +207,8 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[in
 class InsightFaceDetector:
     """The detector of an insightface model pack, through ``FaceAnalysis``."""
 
+    sizes = DETECTION_SIZES
+
     def __init__(self, pack: str, root: str, providers: tuple[str, ...]):
         _import_onnxruntime()
         try:
@@ -212,7 +217,7 @@ class InsightFaceDetector:
             raise RuntimeError(
                 f"The {pack} face detector needs insightface, which did not import ({error}). Install it "
                 f"into ComfyUI's Python (see this pack's README: insightface can pull in the CPU onnxruntime "
-                f"beside onnxruntime-gpu), or choose the '{CENTERFACE}' detector."
+                f"beside onnxruntime-gpu), or choose the '{RETINAFACE}' detector."
             ) from error
         self.name = pack
         analysis = FaceAnalysis(name=pack, root=root, providers=list(providers), allowed_modules=["detection"])
@@ -252,7 +257,7 @@ def find_insightface_pack(pack: str, roots: list[str]) -> str:
         f"The insightface model pack '{pack}' was not found: no {detector_file} in "
         f"{' or '.join(folders) or 'any insightface model folder'}. Expected the files {', '.join(files)} "
         f"there; get them from {PACK_SOURCE.format(pack=pack)} and unzip into {folders[0] if folders else pack}. "
-        f"Or choose the '{CENTERFACE}' detector."
+        f"Or choose the '{RETINAFACE}' detector."
     )
 
 
@@ -276,13 +281,18 @@ def _load(name: str, root: str, providers: tuple[str, ...]):
 
 
 def load_detector(name: str):
-    """A loaded detector, reused across prompts while its model files and providers stay the same."""
+    """A loaded detector, reused across prompts while its model files and providers stay the same
+    (RetinaFace: while ComfyUI's model management keeps it loaded)."""
     if name not in DETECTORS:
         raise ValueError(f"Unknown face detector '{name}'; choose one of {', '.join(DETECTORS)}.")
+    if name == RETINAFACE:
+        from . import retinaface
+
+        return retinaface.load_detector()
     if name == CENTERFACE:
         root = centerface_model_path()
     else:
-        from . import model_paths
+        from .. import model_paths
 
         root = os.path.dirname(os.path.dirname(find_insightface_pack(name, model_paths.insightface_roots())))
     return _load(name, root, execution_providers())

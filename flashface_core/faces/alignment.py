@@ -1,16 +1,17 @@
-"""The official FlashFace face crop: box cut-out, eye-line rotation, 224x224 letterbox.
+"""The official FlashFace face crop: box cut-out, rotation by the official angle, 224x224 letterbox.
 
 FlashFace was trained on crops made exactly this way (tight boxes, black corners and bars),
 so every step follows the official demo: the detector's box rounded to pixels with no margin
-is cut out, rotated about its own centre by the eye-line angle keeping its size (PIL's
+is cut out, rotated about its own centre by the official angle (``official_angle``) keeping its size (PIL's
 default nearest-neighbour rotation), resized so the longer side is 224 (bicubic) and padded
-with black to 224x224, centred. Pure numpy and PIL: no ComfyUI imports.
+with black to 224x224, centred. No ComfyUI imports.
 """
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 
 CROP_SIZE = 224
@@ -26,17 +27,28 @@ class CropGeometry:
     offset: tuple[int, int]  # left, top padding in the 224x224 crop
 
 
-def eye_line_angle(landmarks) -> float:
-    """Angle in degrees of the line from the first eye landmark to the second.
+def official_angle(landmarks) -> float:
+    """The rotation in degrees (counter-clockwise, as PIL's ``Image.rotate`` takes it) the
+    official ``crop_face`` gives the crop, by its own formula.
 
-    Landmarks are the detectors' five points: the eye on the image's left, the eye on the
-    image's right, nose, mouth left, mouth right. With y pointing down, a positive angle
-    means the right-hand eye sits lower; PIL's ``rotate`` turns counter-clockwise for a
-    positive angle, which lifts it back level.
+    The official code finds the angle with the law of cosines on the distances between the
+    two eyes and a third point level with one of them, in float32, and turns by it one way or
+    the other depending on which eye is lower. For eyes in the usual order (the image's left
+    eye first) it is the ``atan2`` eye-line angle; for eyes given mirrored, as random or odd
+    weights give them, it differs, and FlashFace's crops follow this formula in every case.
     """
-    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
-    (lx, ly), (rx, ry) = points[0], points[1]
-    return math.degrees(math.atan2(ry - ly, rx - lx))
+    points = torch.from_numpy(np.asarray(landmarks, dtype=np.float32).reshape(-1, 2))
+    left, right = points[0], points[1]
+    if left[1] > right[1]:
+        third, direction = torch.stack([right[0], left[1]]), -1
+    else:
+        third, direction = torch.stack([left[0], right[1]]), 1
+    # torch's float32 square root, as the official code takes it (numpy's rounds differently).
+    a, b, c = ((p - q).square().sum().sqrt().item() for p, q in ((left, third), (right, third), (right, left)))
+    if b == 0 or c == 0:
+        return 0.0
+    angle = math.acos(min(1.0, max(-1.0, (b * b + c * c - a * a) / (2 * b * c)))) * 180 / math.pi
+    return direction * (90 - angle if direction == -1 else angle)
 
 
 def _fitted_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -44,14 +56,16 @@ def _fitted_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def crop_geometry(box, landmarks, size: int = CROP_SIZE) -> CropGeometry:
-    """The official crop's parameters for one detected face."""
+def crop_geometry(box, landmarks, size: int = CROP_SIZE, angle: float | None = None) -> CropGeometry:
+    """The official crop's parameters for one detected face; ``angle`` replaces the official one
+    (a straightening pass measured it better)."""
     x1, y1, x2, y2 = (round(float(v)) for v in box[:4])
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"Face box {tuple(float(v) for v in box[:4])} is empty after rounding to pixels.")
     resized = _fitted_size(x2 - x1, y2 - y1, size)
     offset = ((size - resized[0]) // 2, (size - resized[1]) // 2)
-    return CropGeometry((x1, y1, x2, y2), eye_line_angle(landmarks), resized, offset)
+    angle = official_angle(landmarks) if angle is None else angle
+    return CropGeometry((x1, y1, x2, y2), angle, resized, offset)
 
 
 def fit_to_square(image: Image.Image, size: int = CROP_SIZE) -> Image.Image:
@@ -63,13 +77,13 @@ def fit_to_square(image: Image.Image, size: int = CROP_SIZE) -> Image.Image:
     return square
 
 
-def align_face(image: Image.Image, box, landmarks, size: int = CROP_SIZE) -> Image.Image:
+def align_face(image: Image.Image, box, landmarks, size: int = CROP_SIZE, angle: float | None = None) -> Image.Image:
     """The official crop of one face from an RGB photo: a ``size`` x ``size`` RGB image.
 
     A box reaching past the photo's edge is cut out with black where the photo ends, as
     PIL's ``crop`` does in the official demo.
     """
-    geometry = crop_geometry(box, landmarks, size)
+    geometry = crop_geometry(box, landmarks, size, angle)
     face = image.convert("RGB").crop(geometry.box)
     face = face.rotate(geometry.angle)
     return fit_to_square(face, size)

@@ -1,0 +1,2 @@
+"""Reference faces: detection backends (``detection``), the official RetinaFace (``retinaface``),
+the official crop (``alignment``) and photos to FlashFace references (``references``)."""

@@ -1,0 +1,276 @@
+"""Reference photos to FlashFace references: detect, choose a face, crop, VAE-encode.
+
+All the policies of the reference-face nodes live here: which face of a photo is used,
+what happens to a photo without one, detection retries, the straightening pass,
+pre-cropped input, photos from several inputs of different sizes, and filling up to four
+references by repetition as the official demo does. Inputs are checked before any
+detector is loaded or anything is encoded.
+"""
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..references import LATENT_CHANNELS, FlashFaceReferences
+from . import alignment, detection
+
+logger = logging.getLogger(__name__)
+
+PRE_CROPPED = "none (images are face crops)"
+DETECTOR_CHOICES = (*detection.DETECTORS, PRE_CROPPED)
+DEFAULT_DETECTOR = detection.RETINAFACE
+DEFAULT_THRESHOLD = 0.6  # the official demo's
+
+LARGEST = "largest"
+BY_INDEX = "by index (left to right)"
+ERROR_IF_SEVERAL = "error if several"
+FACE_CHOICES = (LARGEST, BY_INDEX, ERROR_IF_SEVERAL)
+
+NO_FACE_ERROR = "error"
+NO_FACE_SKIP = "skip image"
+NO_FACE_CHOICES = (NO_FACE_ERROR, NO_FACE_SKIP)
+
+STRAIGHTEN_AUTO = "auto"
+STRAIGHTEN_TWICE = "two passes"
+STRAIGHTEN_ONCE = "one pass"
+STRAIGHTEN_CHOICES = (STRAIGHTEN_AUTO, STRAIGHTEN_TWICE, STRAIGHTEN_ONCE)
+
+MIN_IMAGE_SIZE = 64
+# Photos larger than this (longer side) are shrunk by a whole factor (box average) before
+# anything else: the crop is 224 pixels and detection runs at 640, and a 20000-pixel photo
+# would otherwise need gigabytes of copies.
+MAX_IMAGE_SIDE = 4096
+_CHUNK_VALUES = 1 << 24  # values converted at a time
+DEMO_REFERENCE_COUNT = 4
+_RANGE_TOLERANCE = 1e-3
+
+
+def _check_images(images, name: str):
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(
+            f"Reference images ({name}) must be a ComfyUI IMAGE batch [N, H, W, C]; got "
+            f"{type(images).__name__} {tuple(getattr(images, 'shape', ()))}."
+        )
+    count, height, width, channels = images.shape
+    if count == 0:
+        raise ValueError(f"The reference image batch is empty ({name}): connect at least one photo.")
+    if channels not in (1, 3, 4):
+        raise ValueError(
+            f"Reference images ({name}) have {channels} channels; expected RGB (3), grayscale (1) or RGBA (4). "
+            "Convert them to RGB first."
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"Reference images ({name}) are {images.dtype}, but a ComfyUI IMAGE holds floats in 0..1 "
+            "(e.g. 8- or 16-bit values divided by 255 or 65535). Load them with LoadImage."
+        )
+    if min(height, width) < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"Reference images ({name}) are {width}x{height} pixels; at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
+            "is needed to find and crop a face. Use larger photos."
+        )
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)) or low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"Reference image values ({name}) run from {low:g} to {high:g}; a ComfyUI IMAGE holds 0..1 "
+            "(0..255 or 0..65535 values must be divided by 255 or 65535 first)."
+        )
+
+
+def _to_rgb(image: torch.Tensor) -> np.ndarray:
+    """One IMAGE [H, W, C] to uint8 RGB [H', W', 3], a few rows at a time, shrunk when huge."""
+    height, width, channels = image.shape
+    factor = math.ceil(max(height, width) / MAX_IMAGE_SIDE)
+    if factor > 1:
+        height, width = height // factor * factor, width // factor * factor
+        logger.info("FlashFace: a %dx%d reference photo is shrunk %dx before detection.", width, height, factor)
+    rows = max(1, _CHUNK_VALUES // (width * channels * factor)) * factor
+    out = np.empty((height // factor, width // factor, 3), dtype=np.uint8)
+    for top in range(0, height, rows):
+        chunk = image[top:min(top + rows, height), :width].detach().to(device="cpu", dtype=torch.float32)
+        if factor > 1:
+            chunk = F.avg_pool2d(chunk.movedim(-1, 0), factor).movedim(0, -1)
+        if channels == 1:
+            chunk = chunk.expand(-1, -1, 3)
+        out[top // factor:top // factor + chunk.shape[0]] = (
+            (chunk[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        )
+    return out
+
+
+def images_to_rgb(images, name: str = "images") -> list[np.ndarray]:
+    """ComfyUI IMAGE [N, H, W, C] floats in 0..1 to uint8 RGB arrays, with clear errors.
+
+    One channel (grayscale) is repeated to RGB and a fourth (alpha) is dropped, as
+    LoadImage does.
+    """
+    _check_images(images, name)
+    return [_to_rgb(image) for image in images]
+
+
+def choose_face(faces, choice: str, index: int, label: str):
+    """The face of one photo the user asked for, or None when it holds none."""
+    if not faces:
+        return None
+    if choice == LARGEST:
+        return max(faces, key=lambda face: face.area)
+    if choice == BY_INDEX:
+        ordered = sorted(faces, key=lambda face: face.centre_x)
+        if index >= len(ordered):
+            raise ValueError(
+                f"{label[0].upper()}{label[1:]} holds {len(ordered)} face(s), so there is no face index {index} "
+                "(counting from 0, left to right). Lower face_index."
+            )
+        return ordered[index]
+    if choice == ERROR_IF_SEVERAL:
+        if len(faces) > 1:
+            raise ValueError(
+                f"{label[0].upper()}{label[1:]} holds {len(faces)} faces; FlashFace wants one face per reference. "
+                f"Crop the photo, or set the face choice to '{LARGEST}' or '{BY_INDEX}'."
+            )
+        return faces[0]
+    raise ValueError(f"Unknown face choice '{choice}'; choose one of {', '.join(FACE_CHOICES)}.")
+
+
+def detect_faces(detector, rgb: np.ndarray, threshold: float):
+    """Faces in one photo, retrying at the detector's smaller sizes before giving up."""
+    for size in detector.sizes:
+        faces = detector.detect(rgb, threshold, size)
+        if faces:
+            return faces
+    return []
+
+
+def straightened_angle(detector, image: Image.Image, face, threshold: float) -> float:
+    """The crop angle after a second pass: detect again on the straightened cut-out and add
+    the angle still left there.
+
+    The cut-out is the face box with a margin of its own size each side, turned about the
+    box centre by the first angle; its face nearest the centre gives the correction. Without
+    one there, the first angle stays.
+    """
+    first = alignment.official_angle(face.landmarks)
+    x1, y1, x2, y2 = face.box
+    centre_x, centre_y, half = (x1 + x2) / 2, (y1 + y2) / 2, 1.5 * max(x2 - x1, y2 - y1)
+    region = tuple(round(v) for v in (centre_x - half, centre_y - half, centre_x + half, centre_y + half))
+    cut = image.crop(region).rotate(first, resample=Image.Resampling.BILINEAR)
+    again = [f for f in detect_faces(detector, np.asarray(cut), threshold)
+             if abs(f.centre_x - cut.width / 2) < half / 3 and abs((f.box[1] + f.box[3]) / 2 - cut.height / 2) < half / 3]
+    if not again:
+        logger.info("FlashFace: the straightening pass found no face in the turned cut-out; one pass kept.")
+        return first
+    nearest = min(again, key=lambda f: (f.centre_x - cut.width / 2) ** 2 + ((f.box[1] + f.box[3]) / 2 - cut.height / 2) ** 2)
+    return first + alignment.official_angle(nearest.landmarks)
+
+
+def _uses_two_passes(straighten: str, detector_name: str) -> bool:
+    if straighten == STRAIGHTEN_AUTO:
+        return detector_name != detection.RETINAFACE
+    return straighten == STRAIGHTEN_TWICE
+
+
+def crop_faces(photos, detector_name: str, threshold: float, face_choice: str, face_index: int, no_face: str,
+               straighten: str = STRAIGHTEN_AUTO):
+    """The official 224x224 crops of the chosen faces (PIL images) and the indices they came from.
+
+    ``photos`` are (label, uint8 RGB array) pairs in reference order.
+    """
+    if detector_name == PRE_CROPPED:
+        return [alignment.fit_to_square(Image.fromarray(rgb)) for _, rgb in photos], list(range(len(photos)))
+    detector = detection.load_detector(detector_name)
+    two_passes = _uses_two_passes(straighten, detector_name)
+    crops, kept = [], []
+    for photo_index, (label, rgb) in enumerate(photos):
+        faces = detect_faces(detector, rgb, threshold)
+        face = choose_face(faces, face_choice, face_index, label)
+        if face is None:
+            message = (
+                f"No face found in {label} (of {len(photos)}, counting from 0) by the {detector_name} detector on "
+                f"{detector.provider} at threshold {threshold:g}, even at detection sizes "
+                f"{', '.join(map(str, detector.sizes))}."
+            )
+            if no_face == NO_FACE_SKIP:
+                logger.warning("FlashFace: %s Skipping it.", message)
+                continue
+            raise ValueError(
+                f"{message} Lower the threshold, try another detector, set no_face to '{NO_FACE_SKIP}', or crop "
+                f"the face yourself and use the detector '{PRE_CROPPED}'."
+            )
+        if len(faces) > 1:
+            logger.info("FlashFace: %s holds %d faces; using the %s one.", label, len(faces), face_choice)
+        image = Image.fromarray(rgb)
+        angle = straightened_angle(detector, image, face, threshold) if two_passes else None
+        crops.append(alignment.align_face(image, face.box, face.landmarks, angle=angle))
+        kept.append(photo_index)
+    if not crops:
+        raise ValueError(
+            f"No face found in any of the {len(photos)} reference images by the {detector_name} detector on "
+            f"{detector.provider}. Lower the threshold, or crop the faces yourself and use the detector "
+            f"'{PRE_CROPPED}'."
+        )
+    return crops, kept
+
+
+def _photos(images) -> list[tuple[str, np.ndarray]]:
+    """(label, uint8 RGB) per photo from one IMAGE or (input name, IMAGE) pairs, in order."""
+    inputs = [("images", images)] if isinstance(images, torch.Tensor) else list(images)
+    if not inputs:
+        raise ValueError("No reference images: connect at least one photo.")
+    photos = []
+    for name, batch in inputs:
+        for item, rgb in enumerate(images_to_rgb(batch, name)):
+            where = f" ({name} #{item})" if len(inputs) > 1 else ""
+            photos.append((f"reference image {len(photos)}{where}", rgb))
+    return photos
+
+
+def encode_reference_faces(
+    vae,
+    images,
+    detector: str = DEFAULT_DETECTOR,
+    face_choice: str = LARGEST,
+    face_index: int = 0,
+    no_face: str = NO_FACE_ERROR,
+    threshold: float = DEFAULT_THRESHOLD,
+    fill_to_four: bool = True,
+    previous: FlashFaceReferences | None = None,
+    straighten: str = STRAIGHTEN_AUTO,
+):
+    """Photos (or face crops) to ``FlashFaceReferences`` plus the crops as an IMAGE batch.
+
+    ``images`` is one IMAGE batch or a list of (input name, IMAGE) pairs, so photos of
+    different sizes go into one node. ``previous`` references come first (chained nodes);
+    the fill to four counts them too.
+    """
+    if detector not in DETECTOR_CHOICES:
+        raise ValueError(f"Unknown face detector '{detector}'; choose one of {', '.join(DETECTOR_CHOICES)}.")
+    if face_choice not in FACE_CHOICES:
+        raise ValueError(f"Unknown face choice '{face_choice}'; choose one of {', '.join(FACE_CHOICES)}.")
+    if no_face not in NO_FACE_CHOICES:
+        raise ValueError(f"Unknown no-face policy '{no_face}'; choose one of {', '.join(NO_FACE_CHOICES)}.")
+    if straighten not in STRAIGHTEN_CHOICES:
+        raise ValueError(f"Unknown straightening '{straighten}'; choose one of {', '.join(STRAIGHTEN_CHOICES)}.")
+    if getattr(vae, "latent_channels", LATENT_CHANNELS) != LATENT_CHANNELS:
+        raise ValueError(
+            f"The VAE makes {vae.latent_channels}-channel latents; FlashFace needs the SD1.5 VAE "
+            f"({LATENT_CHANNELS} channels)."
+        )
+    photos = _photos(images)
+
+    crops, kept = crop_faces(photos, detector, threshold, face_choice, face_index, no_face, straighten)
+    logger.info("FlashFace: %d reference face(s) from images %s (detector: %s).", len(crops), kept, detector)
+    pixels = torch.from_numpy(np.stack([np.asarray(crop) for crop in crops])).float() / 255.0
+    latents = vae.encode(pixels).float()
+    if previous is not None:
+        if previous.latents.shape[1:] != latents.shape[1:]:
+            raise ValueError(
+                f"The earlier references are latents of shape {tuple(previous.latents.shape[1:])}, these are "
+                f"{tuple(latents.shape[1:])}: encode all references with the same VAE."
+            )
+        latents = torch.cat([previous.latents.to(latents), latents])
+    fill_to = max(previous.fill_to if previous is not None else 0, DEMO_REFERENCE_COUNT if fill_to_four else 0)
+    return FlashFaceReferences(latents, fill_to), pixels
