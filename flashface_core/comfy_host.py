@@ -62,6 +62,8 @@ def load_nodes(other_custom_nodes: bool = True):
     import_comfyui()
     import asyncio
 
+    # As main.py: ComfyUI's utils package first, since nodes.py puts comfy/ (with its utils.py) on sys.path.
+    import utils.extra_config  # noqa: F401
     import nodes
 
     if "LoadImage" in nodes.NODE_CLASS_MAPPINGS and "FlashFaceSampler" in nodes.NODE_CLASS_MAPPINGS and len(nodes.LOADED_MODULE_DIRS):

@@ -1,7 +1,7 @@
 """Run a FlashFace graph without the browser, on the ComfyUI this pack finds.
 
     python -m flashface_core.run WORKFLOW --ref PHOTO [--ref PHOTO ...] --prompt TEXT
-        [--negative TEXT] [--seed N] [--steps N] [--photo PHOTO] [--out DIR]
+        [--negative TEXT] [--seed N] [--steps N] [--width W --height H] [--photo PHOTO] [--out DIR]
 
 WORKFLOW is a graph file in the UI format (as the ComfyUI page saves it) or the API format,
 or the name of a shipped graph (``from_photos`` for ``workflows/flashface_from_photos.json``).
@@ -19,7 +19,8 @@ How the options land in the graph, always the same way:
 * ``--prompt`` / ``--negative``: the text of the CLIP Text Encode nodes that feed samplers'
   and guiders' ``positive`` / ``negative`` inputs (through any conditioning nodes between).
 * ``--seed``: every ``seed`` and ``noise_seed`` input; ``--steps``: every ``steps`` input
-  (samplers and schedulers). Left out: the graph's values.
+  (samplers and schedulers); ``--width`` / ``--height``: every Empty Latent Image node's size.
+  Left out: the graph's values.
 * ``--photo``: the one other Load Image node (the photo whose face is regenerated in the
   face-inpainting graph). Other Load Image nodes read ComfyUI's input folder.
 
@@ -131,12 +132,6 @@ def _image_inputs(definitions, class_type: str) -> list[workflow_api.InputDef]:
     return [i for i in definitions[class_type].inputs if i.type == "IMAGE"]
 
 
-def _required(definitions, class_type: str, name: str) -> bool:
-    import nodes
-
-    return name in (nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES().get("required") or {})
-
-
 def _source_load_image(prompt: dict, value, seen=()) -> str | None:
     """The LoadImage node an IMAGE input comes from (directly or through single-image nodes)."""
     if not (isinstance(value, list) and len(value) == 2):
@@ -177,11 +172,14 @@ def place_references(prompt: dict, definitions, photos: list[str]) -> list[str]:
     for index, (encoder, name, source) in enumerate(slots):
         if index < len(photos):
             photo = photos[index]
-        elif _required(definitions, ENCODER, name):
+        elif definitions[ENCODER].input(name).required:
             photo, repeat = photos[repeat % len(photos)], repeat + 1
         else:
             if source is not None:
                 prompt[encoder]["inputs"].pop(name, None)
+                if not any(origin == source for _, _, origin, _ in _links(prompt)):
+                    del prompt[source]
+                lines.append(f"reference input {encoder}.{name}: left empty")
             continue
         if source is None:
             source, next_id = str(next_id), next_id + 1
@@ -233,6 +231,15 @@ def set_every(prompt: dict, names: tuple[str, ...], value, option: str) -> list[
     for node_id, name in targets:
         prompt[node_id]["inputs"][name] = value
     return [f"{option} {value} -> " + ", ".join(f"node {i}.{n}" for i, n in targets)]
+
+
+def set_size(prompt: dict, name: str, value: int) -> list[str]:
+    latents = [i for i, node in prompt.items() if node["class_type"] == "EmptyLatentImage"]
+    if not latents:
+        raise RunError(f"This graph has no Empty Latent Image node: --{name} has nowhere to go (its size comes from a photo).")
+    for node_id in latents:
+        prompt[node_id]["inputs"][name] = value
+    return [f"--{name} {value} -> node {', '.join(latents)}"]
 
 
 def other_load_images(prompt: dict, definitions) -> list[str]:
@@ -368,6 +375,9 @@ def run(args) -> list[Path]:
             plan += set_every(prompt, SEED_INPUTS, args.seed, "--seed")
         if args.steps is not None:
             plan += set_every(prompt, ("steps",), args.steps, "--steps")
+        for option, value in (("width", args.width), ("height", args.height)):
+            if value is not None:
+                plan += set_size(prompt, option, value)
         for line in plan:
             log.info("%s", line)
 
@@ -377,7 +387,7 @@ def run(args) -> list[Path]:
 
         prompt_id = str(uuid.uuid4())
         valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-        if not valid:
+        if not valid or node_errors:  # ComfyUI would still run the outputs that passed; the runner runs all or none
             raise RunError("ComfyUI refused the graph:\n" + "\n".join(_validation_messages(error, node_errors, prompt)))
 
         _progress_hook()
@@ -398,8 +408,26 @@ def run(args) -> list[Path]:
 
 
 def _workflow_with(workflow: dict, prompt: dict, definitions) -> dict:
-    """The UI graph with the values the runner set, so the PNG reopens in the page as it ran."""
+    """The UI graph with the values the runner set and the reference inputs it left empty, so the PNG
+    reopens in the page as it ran (photos it added beyond the graph's Load Image nodes are in the prompt only)."""
     workflow = json.loads(json.dumps(workflow))
+    dropped = [n for n in workflow["nodes"] if n["type"] == LOAD_IMAGE and n.get("mode", 0) == 0 and str(n["id"]) not in prompt]
+    kept_links = []
+    for link in workflow["links"]:
+        target = prompt.get(str(link[3]))
+        node = next(n for n in workflow["nodes"] if n["id"] == link[3])
+        emptied = (target is not None and target["class_type"] == ENCODER
+                   and node["inputs"][link[4]]["name"] not in target["inputs"])
+        if link[1] in {n["id"] for n in dropped} or emptied:
+            node["inputs"][link[4]]["link"] = None
+            for origin in workflow["nodes"]:
+                for output in origin.get("outputs") or []:
+                    if output.get("links") and link[0] in output["links"]:
+                        output["links"] = [i for i in output["links"] if i != link[0]] or None
+            continue
+        kept_links.append(link)
+    workflow["links"] = kept_links
+    workflow["nodes"] = [n for n in workflow["nodes"] if n not in dropped]
     for node in workflow["nodes"]:
         entry = prompt.get(str(node["id"]))
         values = node.get("widgets_values")
@@ -421,6 +449,8 @@ def main(argv=None) -> int:
     parser.add_argument("--negative", help="the negative prompt (default: the graph's)")
     parser.add_argument("--seed", type=int, help="the seed (default: the graph's)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the graph's)")
+    parser.add_argument("--width", type=int, help="image width, a multiple of 8 (default: the graph's)")
+    parser.add_argument("--height", type=int, help="image height, a multiple of 8 (default: the graph's)")
     parser.add_argument("--photo", help="the photo to change, for graphs with one Load Image besides the references")
     parser.add_argument("--out", default="output", help="folder for the PNGs (default: ./output)")
     parser.add_argument("--extra-model-paths-config", action="append", default=[], metavar="YAML",
@@ -430,9 +460,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value is not None and (value < 64 or value % 8):
+            parser.error(f"--{name} must be a multiple of 8, at least 64")
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    # ComfyUI's start-up log (optional nodes it cannot import, ...) only with --verbose; this pack's always.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(message)s")
     log.setLevel(logging.INFO)
+    logging.getLogger(str(PACK_ROOT).replace(".", "_x_")).setLevel(logging.INFO)
     try:
         for path in run(args):
             log.info("saved %s", path)

@@ -51,6 +51,7 @@ class InputDef:
     name: str
     type: str  # "COMBO" for a list of choices
     options: dict
+    required: bool = True
 
     @property
     def is_widget(self) -> bool:
@@ -80,12 +81,12 @@ class NodeDef:
         return next((i for i in self.inputs if i.name == name), None)
 
 
-def _input_def(name: str, spec) -> InputDef:
+def _input_def(name: str, spec, required: bool) -> InputDef:
     kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
     options = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
     if isinstance(kind, (list, tuple)):
         kind = "COMBO"
-    return InputDef(name, str(kind), dict(options))
+    return InputDef(name, str(kind), dict(options), required)
 
 
 def node_def(class_type: str, input_types: dict, display_name: str | None = None, output_node: bool = False) -> NodeDef:
@@ -93,7 +94,7 @@ def node_def(class_type: str, input_types: dict, display_name: str | None = None
     inputs = []
     for section in ("required", "optional"):
         for name, spec in (input_types.get(section) or {}).items():
-            inputs.append(_input_def(name, spec))
+            inputs.append(_input_def(name, spec, section == "required"))
     return NodeDef(class_type, display_name or class_type, tuple(inputs), bool(output_node))
 
 

@@ -88,8 +88,7 @@ class Graph:
                     else:
                         widget_values.append("randomize")
             else:
-                optional = spec.name in (self._optional(kind))
-                sockets.append({**entry, **({"shape": 7} if optional else {}), "type": spec.type, "link": None})
+                sockets.append({**entry, **({} if spec.required else {"shape": 7}), "type": spec.type, "link": None})
         node["inputs"] = sockets + widgets
         node["outputs"] = [{"localized_name": name, "name": name, "type": kind_, "links": None}
                            for name, kind_ in self._outputs(kind)]
@@ -100,12 +99,6 @@ class Graph:
             node["widgets_values"] = widget_values
         self.nodes.append(node)
         return node_id
-
-    @staticmethod
-    def _optional(kind: str) -> set:
-        import nodes
-
-        return set(nodes.NODE_CLASS_MAPPINGS[kind].INPUT_TYPES().get("optional") or {})
 
     @staticmethod
     def _outputs(kind: str):

@@ -117,8 +117,9 @@ def test_missing_model_file_is_refused_with_what_to_download(comfy_server):
     prompt = load(API_FILES[0])
     loader = next(node_id for node_id, node in prompt.items() if node["class_type"] == "LoadFlashFace")
     prompt[loader]["inputs"]["ckpt_name"] = "flashface.safetensors"
+    # The face-crop preview does not need the model, so ComfyUI may still accept the rest of the graph.
     status, answer = comfy_server.post("/prompt", {"prompt": prompt, "client_id": "flashface-tests"})
-    assert status == 400
+    assert status in (200, 400) and list(answer["node_errors"]) == [loader], answer
     (error,) = answer["node_errors"][loader]["errors"]
     assert error["type"] == "custom_validation_failed"
     message = error["details"]
