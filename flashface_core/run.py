@@ -13,9 +13,10 @@ How the options land in the graph, always the same way:
 
 * ``--ref``: the Load Image nodes whose image reaches a FlashFace Encode Reference Faces
   node, in the order the model reads them (the first encoder of a chain first, then each
-  encoder's image inputs from the top). With fewer photos than such nodes, the photos repeat
-  in order on required inputs and optional inputs are left empty; more photos than image
-  inputs (connected or free optional ones) is an error.
+  encoder's image inputs from the top). Photos beyond those nodes go to the encoders' free
+  optional image inputs (image_2 ... image_8); with fewer photos than those nodes, the rest
+  repeat the photos in order on required inputs and are disconnected on optional ones. More
+  photos than image inputs is an error.
 * ``--prompt`` / ``--negative``: the text of the CLIP Text Encode nodes that feed samplers'
   and guiders' ``positive`` / ``negative`` inputs (through any conditioning nodes between).
 * ``--seed``: every ``seed`` and ``noise_seed`` input; ``--steps``: every ``steps`` input
@@ -159,34 +160,40 @@ def reference_slots(prompt: dict, definitions) -> list[tuple[str, str, str | Non
 
 
 def place_references(prompt: dict, definitions, photos: list[str]) -> list[str]:
-    """Point the reference Load Image nodes at ``photos`` (names in the input folder); return a summary."""
+    """Point the reference Load Image nodes at ``photos`` (names in the input folder); return a summary.
+
+    The graph's own reference Load Image nodes take the photos first, in reading order; photos
+    left over go to free optional image inputs (new Load Image nodes); graph Load Image nodes
+    left over repeat the photos on required inputs and are disconnected on optional ones.
+    """
     slots = reference_slots(prompt, definitions)
-    if not slots:
+    linked = [slot for slot in slots if slot[2] is not None]
+    free = [slot for slot in slots if slot[2] is None]
+    if not linked:
         raise RunError("This graph has no Load Image node feeding a FlashFace Encode Reference Faces node: --ref has nowhere to go.")
     if len(photos) > len(slots):
         raise RunError(f"This graph takes at most {len(slots)} reference photos; {len(photos)} were given. "
                        "Use the many-references graph (workflows/flashface_many_references.json) for more.")
     lines = []
     next_id = max((int(i) for i in prompt if i.isdigit()), default=0) + 1
-    repeat = 0
-    for index, (encoder, name, source) in enumerate(slots):
-        if index < len(photos):
-            photo = photos[index]
+    queue = list(photos)
+    for encoder, name, source in linked:
+        if queue:
+            photo = queue.pop(0)
         elif definitions[ENCODER].input(name).required:
-            photo, repeat = photos[repeat % len(photos)], repeat + 1
+            photo = photos[(len(lines) - len(photos)) % len(photos)]
         else:
-            if source is not None:
-                prompt[encoder]["inputs"].pop(name, None)
-                if not any(origin == source for _, _, origin, _ in _links(prompt)):
-                    del prompt[source]
-                lines.append(f"reference input {encoder}.{name}: left empty")
+            prompt[encoder]["inputs"].pop(name, None)
+            if not any(origin == source for _, _, origin, _ in _links(prompt)):
+                del prompt[source]
             continue
-        if source is None:
-            source, next_id = str(next_id), next_id + 1
-            prompt[source] = {"inputs": {"image": photo}, "class_type": LOAD_IMAGE, "_meta": {"title": f"Reference {index + 1}"}}
-            prompt[encoder]["inputs"][name] = [source, 0]
         prompt[source]["inputs"]["image"] = photo
-        lines.append(f"reference {index + 1}: {photo} -> node {source} -> {encoder}.{name}")
+        lines.append(f"reference: {photo} -> node {source} -> {encoder}.{name}")
+    for (encoder, name, _), photo in zip(free, queue):
+        source, next_id = str(next_id), next_id + 1
+        prompt[source] = {"inputs": {"image": photo}, "class_type": LOAD_IMAGE, "_meta": {"title": f"Reference ({photo})"}}
+        prompt[encoder]["inputs"][name] = [source, 0]
+        lines.append(f"reference: {photo} -> new node {source} -> {encoder}.{name}")
     return lines
 
 

@@ -116,3 +116,75 @@ def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# How the options land in a graph (in-process, on API prompts)
+
+
+@pytest.fixture(scope="module")
+def definitions():
+    import nodes
+
+    from comfyui_flashface.flashface_core import workflow_api
+    from comfyui_flashface.nodes.references import EncodeReferenceFaces
+
+    classes = {"FlashFaceEncodeReferenceFaces": EncodeReferenceFaces, "LoadImage": nodes.LoadImage}
+    return {name: workflow_api.node_def(name, cls.INPUT_TYPES()) for name, cls in classes.items()}
+
+
+def chained_encoders() -> dict:
+    """Two Load Image nodes into two chained encoders, as graphs made before one encoder took several photos."""
+    def encoder(images, references=None):
+        inputs = {"vae": ["9", 2], "images": [images, 0], **({"references": [references, 0]} if references else {})}
+        return {"class_type": "FlashFaceEncodeReferenceFaces", "inputs": inputs}
+
+    return {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}}, "4": encoder("3", references="2"),
+            "2": encoder("1"), "3": {"class_type": "LoadImage", "inputs": {"image": "b.png"}}}
+
+
+def reference_images(prompt: dict, definitions) -> list[tuple[str, str]]:
+    from comfyui_flashface.flashface_core import run
+
+    return [(f"{encoder}.{name}", prompt[source]["inputs"]["image"]) for encoder, name, source in
+            run.reference_slots(prompt, definitions) if source]
+
+
+@pytest.mark.parametrize("photos, expected", [
+    (["p1"], [("2.images", "p1"), ("4.images", "p1")]),  # a required input repeats the photos in order
+    (["p1", "p2"], [("2.images", "p1"), ("4.images", "p2")]),
+    (["p1", "p2", "p3"], [("2.images", "p1"), ("2.image_2", "p3"), ("4.images", "p2")]),  # a free optional input
+])
+def test_references_fill_the_graphs_photo_inputs_in_reading_order(definitions, photos, expected):
+    from comfyui_flashface.flashface_core import run
+
+    prompt = chained_encoders()
+    run.place_references(prompt, definitions, photos)
+    assert reference_images(prompt, definitions) == expected
+
+
+def test_unused_optional_photo_inputs_are_disconnected(definitions):
+    from comfyui_flashface.flashface_core import run
+
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+              "2": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
+              "3": {"class_type": "FlashFaceEncodeReferenceFaces", "inputs": {"images": ["1", 0], "image_2": ["2", 0]}}}
+    run.place_references(prompt, definitions, ["p1"])
+    assert prompt["3"]["inputs"] == {"images": ["1", 0]} and "2" not in prompt and prompt["1"]["inputs"]["image"] == "p1"
+    with pytest.raises(run.RunError, match="at most 16 reference photos"):
+        run.place_references(chained_encoders(), definitions, [f"p{i}" for i in range(17)])
+
+
+def test_prompts_reach_the_text_encoders_through_conditioning_nodes():
+    from comfyui_flashface.flashface_core import run
+
+    prompt = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "old", "clip": ["9", 1]}},
+              "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "old negative", "clip": ["9", 1]}},
+              "3": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["1", 0], "negative": ["2", 0]}},
+              "4": {"class_type": "KSampler", "inputs": {"positive": ["3", 0], "negative": ["3", 1], "seed": 1, "steps": 9}}}
+    run.set_text(prompt, "positive", "new")
+    run.set_text(prompt, "negative", "new negative")
+    run.set_every(prompt, run.SEED_INPUTS, 5, "--seed")
+    assert (prompt["1"]["inputs"]["text"], prompt["2"]["inputs"]["text"], prompt["4"]["inputs"]["seed"]) == (
+        "new", "new negative", 5)
+    with pytest.raises(run.RunError, match="no noise_seed input"):
+        run.set_every(prompt, ("noise_seed",), 5, "--seed")

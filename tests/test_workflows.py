@@ -274,3 +274,16 @@ SHRINK = """
   return true;
 })()
 """
+
+
+@pytest.mark.host
+def test_face_inpainting_without_a_painted_mask_says_to_paint_it(comfy_server):
+    """Load Image gives an empty 64x64 mask for a photo with no painted mask: the run says what to do."""
+    prompt = shrink(load(ROOT / "workflows" / "api" / "flashface_face_inpaint.json"))
+    photo = next(node for node in prompt.values() if node["_meta"]["title"].startswith("Photo to change"))
+    photo["inputs"]["image"] = "face_1.png"  # an RGB photo: no alpha, so no mask
+    entry = comfy_server.run(prompt, timeout=240)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert error["node_type"] == "FlashFaceSampler"
+    assert "MaskEditor" in error["exception_message"] and "64x64" in error["exception_message"], error
