@@ -279,7 +279,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: workflows/api/)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # ComfyUI's start-up log stays quiet
+    log.setLevel(logging.INFO)
 
     from . import comfy_host
 

@@ -9,6 +9,7 @@ Image's upload button included), so the files load in the page as if saved from 
 load every file into the real frontend and compare what it serializes with the file.
 """
 
+import argparse
 import json
 import logging
 import sys
@@ -357,16 +358,30 @@ def build(definitions) -> dict[str, dict]:
     return graphs
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flashface_core.workflow_build", description=(
+        "Write the shipped UI graphs workflows/*.json from their descriptions (then run "
+        "python -m flashface_core.workflow_api for workflows/api/)."))
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # ComfyUI's start-up log stays quiet
+    log.setLevel(logging.INFO)
     from . import comfy_host
 
     comfy_host.load_nodes(other_custom_nodes=False)
+    stale = []
     for name, workflow in build(workflow_api.definitions_from_host()).items():
         path = WORKFLOWS_DIR / f"{name}.json"
-        path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+        if path.is_file() and path.read_text() == text:
+            continue
+        if args.check:
+            stale.append(path)
+            log.error("%s differs from its description: run python -m flashface_core.workflow_build", path)
+            continue
+        path.write_text(text)
         log.info("wrote %s", path)
-    return 0
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

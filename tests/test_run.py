@@ -188,3 +188,12 @@ def test_prompts_reach_the_text_encoders_through_conditioning_nodes():
         "new", "new negative", 5)
     with pytest.raises(run.RunError, match="no noise_seed input"):
         run.set_every(prompt, ("noise_seed",), 5, "--seed")
+
+
+def test_the_photo_to_change_is_the_one_load_image_besides_the_references(definitions):
+    from comfyui_flashface.flashface_core import run
+
+    prompt = json.loads((ROOT / "workflows" / "api" / "flashface_face_inpaint.json").read_text())
+    (photo,) = run.other_load_images(prompt, definitions)
+    assert prompt[photo]["_meta"]["title"].startswith("Photo to change")
+    assert len(run.reference_slots(prompt, definitions)) == 2 + 6  # two photos, six free optional inputs

@@ -98,11 +98,13 @@ def saved_images(server, entry) -> list[Path]:
 
 
 @pytest.mark.host
-def test_api_files_are_what_the_converter_makes_now():
-    """python -m flashface_core.workflow_api --check: the committed API files have not drifted from the UI files."""
+def test_graph_files_are_what_the_scripts_make_now():
+    """The --check of python -m flashface_core.workflow_build and workflow_api: the UI files are what their
+    descriptions give, and the API files what the converter makes of the UI files."""
     env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run([sys.executable, "-m", "flashface_core.workflow_api", "--check"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    check = ("import sys; from flashface_core import workflow_api, workflow_build; "
+             "sys.exit(workflow_build.main(['--check']) or workflow_api.main(['--check']))")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
