@@ -297,15 +297,19 @@ def _progress_hook():
     comfy.utils.set_progress_bar_global_hook(hook)
 
 
-def _setup_folders(work: Path, out_dir: Path, extra_configs: list[Path]):
-    import folder_paths
+def _load_model_paths(extra_configs: list[Path]):
+    """As main.py, before the nodes load: ComfyUI's extra_model_paths.yaml, then the ones given."""
+    comfy_host.import_comfyui()
     import utils.extra_config
 
     host_yaml = comfy_host.find_comfyui() / "extra_model_paths.yaml"
     for config in ([host_yaml] if host_yaml.is_file() else []) + extra_configs:
-        if not config.is_file():
-            raise RunError(f"{config}: no such extra model paths file.")
         utils.extra_config.load_extra_path_config(str(config))
+
+
+def _setup_folders(work: Path, out_dir: Path):
+    import folder_paths
+
     comfy_input = Path(folder_paths.get_input_directory())
     (work / "input").mkdir()
     (work / "temp").mkdir()
@@ -341,7 +345,12 @@ def run(args) -> list[Path]:
     graph = read_graph(workflow_path)
     photos = [check_photo(p) for p in args.ref]
     photo = check_photo(args.photo) if args.photo else None
+    extra_configs = [Path(p).expanduser() for p in args.extra_model_paths_config]
+    for config in extra_configs:
+        if not config.is_file():
+            raise RunError(f"{config}: no such extra model paths file.")
 
+    _load_model_paths(extra_configs)
     comfy_host.load_nodes(other_custom_nodes=not args.no_custom_nodes)
     import execution
 
@@ -357,7 +366,7 @@ def run(args) -> list[Path]:
 
     with tempfile.TemporaryDirectory(prefix="flashface-run-") as work_dir:
         work = Path(work_dir)
-        comfy_input = _setup_folders(work, Path(args.out), [Path(p) for p in args.extra_model_paths_config])
+        comfy_input = _setup_folders(work, Path(args.out))
         input_dir = work / "input"
         plan = []
         if photos:

@@ -77,7 +77,8 @@ def test_runner_writes_images_with_the_prompt_and_workflow(models, photos, tmp_p
 
 
 def test_runner_names_every_missing_model_file(photos, tmp_path):
-    """Only FlashFace in the models folder: the SD1.5 checkpoint and the detector are named, with their commands."""
+    """Only FlashFace in the models folder: the SD1.5 checkpoint and the detector are named, with their commands
+    (from an API-format graph: the runner takes both formats)."""
     import folder_paths
 
     if folder_paths.get_full_path("checkpoints", download.SD15.filename):
@@ -85,7 +86,8 @@ def test_runner_names_every_missing_model_file(photos, tmp_path):
     models = tmp_path / "models"
     (models / "flashface").mkdir(parents=True)
     (models / "flashface" / model_folder.FLASHFACE_FILE).symlink_to(model_folder.golden_checkpoint())
-    result = runner("from_photos", "--ref", str(photos[0]), "--prompt", "a man", "--out", str(tmp_path / "out"),
+    graph = ROOT / "workflows" / "api" / "flashface_from_photos.json"
+    result = runner(str(graph), "--ref", str(photos[0]), "--prompt", "a man", "--out", str(tmp_path / "out"),
                     "--extra-model-paths-config", str(models_yaml(tmp_path)), "--no-custom-nodes")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

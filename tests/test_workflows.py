@@ -77,10 +77,13 @@ def test_graphs_load_the_files_the_model_guide_names(path):
     assert "face box" in notes[0] or "MaskEditor" in notes[0], notes
 
 
-def shrink(prompt: dict) -> dict:
-    """The graph at TEST_SIZE pixels and TEST_STEPS steps, so a CPU runs it in seconds."""
+def shrink(prompt: dict, seed: int | None = None) -> dict:
+    """The graph at TEST_SIZE pixels and TEST_STEPS steps, so a CPU runs it in seconds (and another seed)."""
     prompt = json.loads(json.dumps(prompt))
     for node in prompt.values():
+        for name in ("seed", "noise_seed"):
+            if seed is not None and name in node["inputs"]:
+                node["inputs"][name] = seed
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=TEST_SIZE, height=TEST_SIZE)
         if "steps" in node["inputs"]:
@@ -108,10 +111,16 @@ def test_graph_files_are_what_the_scripts_make_now():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.fixture(scope="module", params=sorted(RECIPES))
+def recipe(request) -> str:
+    """A shipped graph's name; module-scoped so that pytest runs each graph's server and frontend tests one
+    after the other, and the server reuses the outputs it cached for the first."""
+    return request.param
+
+
 @pytest.mark.host
-@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
-def test_api_graph_runs_on_the_server(comfy_server, path):
-    saved_images(comfy_server, comfy_server.run(shrink(load(path)), timeout=240))
+def test_api_graph_runs_on_the_server(comfy_server, recipe):
+    saved_images(comfy_server, comfy_server.run(shrink(load(ROOT / "workflows" / "api" / f"{recipe}.json")), timeout=240))
 
 
 @pytest.mark.host
@@ -224,8 +233,8 @@ def test_missing_node_types_are_noticed(frontend):
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_loads_in_the_frontend(frontend, comfy_server, path, tmp_path_factory):
+def test_workflow_loads_in_the_frontend(frontend, comfy_server, recipe, tmp_path_factory):
+    path = ROOT / "workflows" / f"{recipe}.json"
     workflow = load(path)
     report = drop(frontend, workflow, path.name)
     assert report["count"] == len(workflow["nodes"])
@@ -247,10 +256,12 @@ def test_workflow_loads_in_the_frontend(frontend, comfy_server, path, tmp_path_f
     assert prompt == workflow_api.to_api(workflow, definitions)
     active = [node for node in workflow["nodes"] if node["mode"] == ACTIVE and node["type"] not in FRONTEND_NODES]
     assert len(prompt) == len(active)
-    frontend.evaluate(SHRINK.replace("SIZE", str(TEST_SIZE)).replace("STEPS", str(TEST_STEPS)))
+    # Another seed than the server test's, so the sampler runs again rather than coming from ComfyUI's cache.
+    frontend.evaluate(SHRINK.replace("SIZE", str(TEST_SIZE)).replace("STEPS", str(TEST_STEPS)).replace("SEED", "1"))
     prompt = graph_to_prompt(frontend)
-    assert prompt == shrink(workflow_api.to_api(workflow, definitions))
-    saved_images(comfy_server, comfy_server.run(prompt, timeout=240))
+    assert prompt == shrink(workflow_api.to_api(workflow, definitions), seed=1)
+    before = set(comfy_server.output_dir.rglob("*.png"))
+    assert not set(saved_images(comfy_server, comfy_server.run(prompt, timeout=240))) & before
 
 
 # What the frontend keeps of a node when it saves the graph (positions and sizes it may round or grow).
@@ -264,13 +275,14 @@ def node_form(node: dict) -> dict:
     }
 
 
-# Set in the page as a user would: small image, few steps.
+# Set in the page as a user would: small image, few steps, a seed.
 SHRINK = """
 (() => {
   for (const node of app.graph.nodes) {
     for (const widget of node.widgets || []) {
       if (node.type === 'EmptyLatentImage' && (widget.name === 'width' || widget.name === 'height')) widget.value = SIZE;
       if (widget.name === 'steps') widget.value = STEPS;
+      if (widget.name === 'seed' || widget.name === 'noise_seed') widget.value = SEED;
     }
   }
   return true;
