@@ -2,10 +2,15 @@
 
     python -m flashface_core.verify_golden DIR [DIR ...]
 
-Finds every golden set below each DIR, loads its checkpoint with LoadFlashFace's loader,
-reproduces its outputs through ComfyUI's model with the FlashFace patches, prints one JSON
-line per set with the relative error of each output, and exits 1 if any error is above
-the bar (1e-4).
+Finds every golden set below each DIR and prints one JSON line per set:
+- model sets (``flashface_tiny.ckpt``, ``golden.json``, ``golden.safetensors``): the
+  checkpoint loaded with LoadFlashFace's loader, its outputs reproduced through ComfyUI's
+  model with the FlashFace patches, the relative error of each (bar: 1e-4);
+- detector sets (``retinaface_resnet50_random.pth``, ``golden.json``,
+  ``golden.safetensors``, the photos): the official detection path per photo, with raw
+  head outputs within 1e-4 relative, boxes and landmarks within 0.05 photo pixels, scores
+  within 1e-4 and crops within a mean absolute difference of 0.5 (of 255).
+Exits 1 if any set fails.
 """
 
 import argparse
@@ -19,7 +24,7 @@ THRESHOLD = 1e-4
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", help="folders to search for golden sets")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="largest accepted relative error")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="largest accepted relative error (model sets)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
@@ -29,12 +34,15 @@ def main(argv=None) -> int:
     import comfy.utils
 
     from . import golden  # needs ComfyUI on sys.path
+    from .faces import golden as faces_golden
 
     comfy.utils.PROGRESS_BAR_ENABLED = False  # one JSON line per set, nothing else on stdout
 
     sets = golden.find_golden_sets(args.dirs)
-    if not sets:
-        print(f"no golden sets (folders with {golden.CHECKPOINT}, {golden.SETTINGS}, {golden.TENSORS}) under {args.dirs}", file=sys.stderr)
+    detector_sets = faces_golden.find_golden_sets(args.dirs)
+    if not sets and not detector_sets:
+        print(f"no golden sets (folders with {golden.SETTINGS} and {golden.TENSORS} beside {golden.CHECKPOINT} or "
+              f"{faces_golden.WEIGHTS}) under {args.dirs}", file=sys.stderr)
         return 1
     failed = False
     for path in sets:
@@ -43,6 +51,11 @@ def main(argv=None) -> int:
         ok = all(e <= args.threshold for e in errors.values())
         failed |= not ok
         print(json.dumps({"set": str(path), "ok": ok, "relative_errors": errors}), flush=True)
+    for path in detector_sets:
+        photos = faces_golden.check(path)
+        ok = all(faces_golden.photo_ok(errors) for errors in photos.values())
+        failed |= not ok
+        print(json.dumps({"set": str(path), "ok": ok, "detector_errors": photos}), flush=True)
     return 1 if failed else 0
 
 

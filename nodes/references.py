@@ -44,14 +44,15 @@ class EncodeReferenceFaces:
                                              "tooltip": "With fewer than 4 faces, the model reads them repeated in order "
                                                         "up to 4, as the official demo does. Chained nodes repeat only "
                                                         "once all faces are in."}),
-                "straighten": (list(face_references.STRAIGHTEN_CHOICES), {
-                    "default": face_references.STRAIGHTEN_AUTO,
-                    "tooltip": "Levelling the eyes of tilted faces: 'two passes' detects again on the straightened "
-                               "face and corrects what is left; 'one pass' is the official crop. 'auto': one pass "
-                               f"with '{RETINAFACE}' (as FlashFace was trained), two with the other detectors.",
-                }),
             },
             "optional": {
+                "straighten": (list(face_references.STRAIGHTEN_CHOICES), {
+                    "default": face_references.STRAIGHTEN_AUTO,
+                    "tooltip": "Levelling the eyes of tilted faces: 'detect again' looks again at the face turned "
+                               "straight and corrects what is left (other detectors than RetinaFace leave tilted eyes "
+                               "too level); 'one pass' is the official crop. 'auto': one pass with "
+                               f"'{RETINAFACE}' (as FlashFace was trained), 'detect again' with the others.",
+                }),
                 "references": (REFERENCES_TYPE, {"tooltip": "Earlier references to extend (from another Encode "
                                                             "Reference Faces node); they come first."}),
                 **{name: ("IMAGE", {"tooltip": "More photos, of any size (each input may be a batch); "

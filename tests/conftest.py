@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN_DIR = SHARED / "golden"
+GOLDEN_FACES_DIR = SHARED / "golden_faces"
 FACES_DIR = SHARED / "faces"
 PACKAGE = "comfyui_flashface"
 
@@ -67,6 +68,16 @@ def golden_sets():
     sets = sorted(p.parent for p in GOLDEN_DIR.glob("*/golden.json"))
     if not sets:
         pytest.skip(f"no golden sets under {GOLDEN_DIR}")
+    return sets
+
+
+@pytest.fixture(scope="session")
+def golden_face_sets():
+    from comfyui_flashface.flashface_core.faces import golden
+
+    sets = golden.find_golden_sets([GOLDEN_FACES_DIR])
+    if not sets:
+        pytest.skip(f"no detector golden sets under {GOLDEN_FACES_DIR}")
     return sets
 
 

@@ -14,14 +14,14 @@
 from pathlib import Path
 
 import pytest
-from conftest import FACES_DIR, GOLDEN_DIR, SHARED
+from conftest import FACES_DIR, GOLDEN_DIR, GOLDEN_FACES_DIR
 from PIL import Image
 
 FLASHFACE_FILE = "flashface.ckpt"
 TINY_FILE = "flashface_tiny.ckpt"
 SD15_FILE = "v1-5-pruned-emaonly.safetensors"
 DETECTOR_FILE = "retinaface_resnet50.pth"
-DETECTOR_SOURCE = SHARED / "golden_faces" / "retinaface_random" / "retinaface_resnet50_random.pth"
+DETECTOR_SOURCE = GOLDEN_FACES_DIR / "retinaface_random" / "retinaface_resnet50_random.pth"
 FACES = ["man_face/1.png", "man_face/2.png", "man_face/3.png", "man_face/4.png",
          "woman_face/1.png", "woman_face/2.png", "woman_face/3.png", "woman_face/4.png"]
 PHOTO_SIZE = 320

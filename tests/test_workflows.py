@@ -178,6 +178,14 @@ def test_workflow_links_are_consistent(path):
                             "is not connected")
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_encoders_use_the_official_detector_and_no_onnx_one(path):
+    """The shipped graphs run after `pip install -r requirements.txt`: RetinaFace (or pre-cropped faces)."""
+    encoders = [node for node in load(path)["nodes"] if node["type"] == "FlashFaceEncodeReferenceFaces"]
+    for node in encoders:
+        assert node["widgets_values"][0] in ("retinaface", "none (images are face crops)"), node["widgets_values"]
+
+
 # In the real frontend
 
 

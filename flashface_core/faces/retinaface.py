@@ -13,6 +13,7 @@ facexlib and biubug6 files of the same network load with their key names mapped.
 import itertools
 import logging
 import os
+import weakref
 from functools import cache
 
 import numpy as np
@@ -242,9 +243,12 @@ class WeightFileError(ValueError):
 _FOREIGN_PREFIXES = {"ClassHead.": "class_head.", "BboxHead.": "bbox_head.", "LandmarkHead.": "landmark_head."}
 
 
+def _unwrapped(state: dict) -> dict:
+    """The state dict itself, also when a training script saved it under "state_dict"."""
+    return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+
+
 def _official_keys(state: dict) -> dict:
-    if isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
     mapped = {}
     for key, value in state.items():
         key = key.removeprefix("module.")
@@ -261,13 +265,19 @@ def load_weights(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as error:  # torch.load raises many types for truncated or foreign files
         raise WeightFileError(
-            f"{path} could not be read as a RetinaFace weight file ({type(error).__name__}: {error}). It may be "
+            f"{path} could not be read as a RetinaFace weight file ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no details'}). It may be "
             f"truncated or not a torch file: download {WEIGHTS_FILE} again from {SOURCE} (or run {DOWNLOAD_COMMAND})."
         ) from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in _official_keys(state).values()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in _unwrapped(state).items()
+    ):
         raise WeightFileError(f"{path} holds no state dict of tensors; expected the official {WEIGHTS_FILE} from {SOURCE}.")
-    state = _official_keys(state)
+    state = _official_keys(_unwrapped(state))
     shapes = _expected_shapes()
+    for key in shapes.keys() - state.keys():
+        if key.endswith(".num_batches_tracked"):  # a counter for training, absent from some releases
+            state[key] = torch.tensor(0)
     missing = sorted(shapes.keys() - state.keys())
     unexpected = sorted(state.keys() - shapes.keys())
     wrong = sorted(k for k in shapes.keys() & state.keys() if tuple(state[k].shape) != shapes[k])
@@ -342,6 +352,25 @@ class RetinaFaceDetector:
 _loaded: dict = {}
 
 
+def _release_with_comfy_record(detector: RetinaFaceDetector):
+    """Let go of an unloaded detector together with ComfyUI's record of it.
+
+    ComfyUI unloads models inside a loop over its records and drops a record after that
+    loop; a network freed inside the loop would make ComfyUI remove its record there and
+    then, under the loop. So the detector lives on exactly as long as the record.
+    """
+    import comfy.model_management
+
+    for record in comfy.model_management.current_loaded_models:
+        if record.model is detector.patcher:
+            weakref.finalize(record, _drop, detector)
+            return
+
+
+def _drop(_detector):
+    """Nothing to do: the finalizer holding the detector is what keeps it, until it runs."""
+
+
 def load_detector() -> RetinaFaceDetector:
     """The detector for the weight file found now, reused while ComfyUI keeps it loaded.
 
@@ -359,9 +388,9 @@ def load_detector() -> RetinaFaceDetector:
         detector = RetinaFaceDetector(path)
         logger.info("FlashFace face detector retinaface loaded from %s; runs on %s", path, detector.provider)
 
-        def forget(patcher, *_):
-            if _loaded.get(key) is detector:
-                del _loaded[key]
+        def forget(patcher, *_):  # refers to nothing but the key, so no cycle keeps the network alive
+            if key in _loaded and _loaded[key].patcher is patcher:
+                _release_with_comfy_record(_loaded.pop(key))
 
         detector.patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, forget)
         _loaded[key] = detector
