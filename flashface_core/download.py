@@ -140,6 +140,9 @@ def _comfyui_folder_paths(extra_configs: tuple[Path, ...]):
             "ComfyUI was not found. Set COMFYUI_PATH to your ComfyUI folder, run this from "
             "ComfyUI/custom_nodes/<this pack>, or pass --models-dir PATH/TO/ComfyUI/models."
         )
+    missing = [str(path) for path in extra_configs if not path.is_file()]
+    if missing:
+        raise DownloadError(f"extra model paths file not found: {', '.join(missing)}")
     if str(host) not in sys.path:
         sys.path.insert(0, str(host))
     import folder_paths
@@ -147,16 +150,12 @@ def _comfyui_folder_paths(extra_configs: tuple[Path, ...]):
     from . import model_paths
 
     model_paths.register_model_folders()
-    configs = [host / "extra_model_paths.yaml", *extra_configs]
-    existing = [path for path in configs if path.is_file()]
-    if existing:
+    configs = [path for path in (host / "extra_model_paths.yaml", *extra_configs) if path.is_file()]
+    if configs:
         from utils.extra_config import load_extra_path_config
 
-        for path in existing:
+        for path in configs:
             load_extra_path_config(str(path))
-    missing = [str(path) for path in extra_configs if not path.is_file()]
-    if missing:
-        raise DownloadError(f"extra model paths file not found: {', '.join(missing)}")
     return folder_paths
 
 
@@ -280,6 +279,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-model-paths-config", type=Path, action="append", default=[], metavar="YAML",
                         help="another extra_model_paths.yaml to read, as ComfyUI's option of that name")
     args = parser.parse_args(argv)
+    if args.models_dir and args.extra_model_paths_config:
+        parser.error("--models-dir replaces ComfyUI's folders; --extra-model-paths-config has no effect with it")
     if not logger.handlers:  # this command's own lines only; huggingface_hub prints its own
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -6,6 +6,8 @@ write a file the way it does (into ``local_dir``) or fail the way it does offlin
 
 import hashlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,9 @@ import pytest
 from comfyui_flashface.flashface_core import download
 from comfyui_flashface.flashface_core.download import DownloadError, ModelFile
 
-GUIDE = Path(__file__).resolve().parents[1] / "models" / "README.md"
+PACK = Path(__file__).resolve().parents[1]
+GUIDE = PACK / "models" / "README.md"
+README = PACK / "README.md"
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
 
@@ -68,10 +72,34 @@ def test_dry_run_lists_what_the_model_guide_lists_and_fetches_nothing(tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_guide_shows_each_size_as_huggingface_co_does():
+def test_the_guides_show_each_size_as_huggingface_co_does():
     text = GUIDE.read_text(encoding="utf-8")
+    readme_rows = [line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith("| `")]
     for file in download.FILES:
         assert f"{download.human_size(file.size)} ({file.size:,} bytes)" in text
+        row = next(line for line in readme_rows if line.startswith(f"| `{file.filename}`"))
+        assert f"| {download.human_size(file.size)} | `models/{file.folder}/`" in row
+
+
+def test_a_selected_file_lands_in_its_comfyui_folder(tmp_path, monkeypatch):
+    content = b"detector weights" * 64
+    file = ModelFile(repo_id="shilongz/FlashFace-SD1.5", filename="retinaface_resnet50.pth",
+                     folders=("facedetection", "flashface"), size=len(content),
+                     sha256=hashlib.sha256(content).hexdigest(), role="test")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(content, []))
+    assert download.run([file], download.ModelFolders(tmp_path), dry_run=False) == 0
+    assert (tmp_path / "facedetection" / "retinaface_resnet50.pth").read_bytes() == content
+    assert not (tmp_path / "flashface").exists()
+
+
+def test_the_windows_portable_line_works_in_isolated_mode(tmp_path):
+    """The README's -c form for the embedded Python, whose ._pth file means isolated mode (-I)."""
+    line = next(line for line in README.read_text(encoding="utf-8").splitlines() if "from flashface_core.download import main" in line)
+    code = re.search(r'-c "([^"]+)"', line).group(1).replace(r"ComfyUI\custom_nodes\ComfyUI-FlashFace", str(PACK))
+    result = subprocess.run([sys.executable, "-I", "-c", code, "--dry-run", "--models-dir", str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"to:     {tmp_path / 'flashface'}  " in result.stdout
 
 
 def test_selection_flags():
@@ -80,7 +108,7 @@ def test_selection_flags():
     assert download.select_files(sd15=False, detector_only=True) == [download.DETECTOR]
 
 
-def _small_file(tmp_path, content=b"flashface weights" * 100) -> ModelFile:
+def _small_file(content=b"flashface weights" * 100) -> ModelFile:
     return ModelFile(
         repo_id="shilongz/FlashFace-SD1.5", filename="flashface.ckpt", folders=("flashface",),
         size=len(content), sha256=hashlib.sha256(content).hexdigest(), role="test",
@@ -104,7 +132,7 @@ def _fake_hub(content: bytes, calls: list):
 
 def test_download_lands_in_the_folder_under_its_name_after_the_size_and_hash_check(tmp_path, monkeypatch):
     content = b"flashface weights" * 100
-    file = _small_file(tmp_path, content)
+    file = _small_file(content)
     calls = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(content, calls))
     folder = tmp_path / "models" / "flashface"
@@ -116,7 +144,7 @@ def test_download_lands_in_the_folder_under_its_name_after_the_size_and_hash_che
 
 @pytest.mark.parametrize("damage", ["short", "other bytes"])
 def test_a_wrong_download_is_deleted_and_never_gets_the_final_name(tmp_path, monkeypatch, damage):
-    file = _small_file(tmp_path)
+    file = _small_file()
     wrong = b"flashface weights" * 50 if damage == "short" else b"x" * file.size
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(wrong, []))
     folder = tmp_path / "flashface"
@@ -198,4 +226,4 @@ def test_missing_huggingface_hub_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_hub)
     with pytest.raises(DownloadError, match="pip install huggingface_hub"):
-        download.fetch(_small_file(tmp_path), tmp_path / "flashface", progress=False)
+        download.fetch(_small_file(), tmp_path / "flashface", progress=False)

@@ -5,6 +5,8 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from comfyui_flashface.flashface_core import download
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +64,12 @@ def test_tests_and_ci_files_stay_out_of_the_registry_archive():
     def ignored(path: str) -> bool:  # gitwildmatch, for the plain names and folders used here
         return any(path.startswith(p) if p.endswith("/") else path == p for p in patterns)
 
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    assert tracked, "not a git checkout"
+    try:  # comfy-cli archives the git-tracked files, so that is the list to check
+        tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        tracked = []
+    if not tracked:
+        pytest.skip("not a git checkout: no tracked files to check")
     for path in tracked:
         development = path.startswith(("tests/", ".ci/", ".github/")) or path == "requirements-test.txt"
         assert ignored(path) == development, path
