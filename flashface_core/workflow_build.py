@@ -74,7 +74,7 @@ class Graph:
         definition = self.definitions[kind]
         sockets, widgets, widget_values = [], [], []
         for spec in definition.inputs:
-            entry = {"localized_name": spec.name, "name": spec.name}
+            entry = {"localized_name": spec.name, "name": spec.name, **({} if spec.required else {"shape": 7})}
             if spec.is_widget:
                 widgets.append({**entry, "type": spec.type, "widget": {"name": spec.name}, "link": None})
                 value = (values or {}).get(spec.name, spec.options.get("default"))
@@ -89,7 +89,7 @@ class Graph:
                     else:
                         widget_values.append("randomize")
             else:
-                sockets.append({**entry, **({} if spec.required else {"shape": 7}), "type": spec.type, "link": None})
+                sockets.append({**entry, "type": spec.type, "link": None})
         node["inputs"] = sockets + widgets
         node["outputs"] = [{"localized_name": name, "name": name, "type": kind_, "links": None}
                            for name, kind_ in self._outputs(kind)]
