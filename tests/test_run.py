@@ -125,13 +125,12 @@ def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
 
 @pytest.fixture(scope="module")
 def definitions():
-    import nodes
-
+    """The encoder's definition: all the reference mapping reads. (ComfyUI's nodes module stays unimported:
+    it puts comfy/ on sys.path, where comfy/utils.py shadows ComfyUI's utils package for later tests.)"""
     from comfyui_flashface.flashface_core import workflow_api
     from comfyui_flashface.nodes.references import EncodeReferenceFaces
 
-    classes = {"FlashFaceEncodeReferenceFaces": EncodeReferenceFaces, "LoadImage": nodes.LoadImage}
-    return {name: workflow_api.node_def(name, cls.INPUT_TYPES()) for name, cls in classes.items()}
+    return {"FlashFaceEncodeReferenceFaces": workflow_api.node_def("FlashFaceEncodeReferenceFaces", EncodeReferenceFaces.INPUT_TYPES())}
 
 
 def chained_encoders() -> dict:
