@@ -75,7 +75,6 @@ class NodeDef:
     class_type: str
     display_name: str
     inputs: tuple[InputDef, ...] = field(default_factory=tuple)
-    output_node: bool = False
 
     def input(self, name: str) -> InputDef | None:
         return next((i for i in self.inputs if i.name == name), None)
@@ -89,28 +88,32 @@ def _input_def(name: str, spec, required: bool) -> InputDef:
     return InputDef(name, str(kind), dict(options), required)
 
 
-def node_def(class_type: str, input_types: dict, display_name: str | None = None, output_node: bool = False) -> NodeDef:
+def node_def(class_type: str, input_types: dict, display_name: str | None = None) -> NodeDef:
     """A NodeDef from a node's ``INPUT_TYPES()`` (or the ``input`` entry of ``/object_info``)."""
     inputs = []
     for section in ("required", "optional"):
         for name, spec in (input_types.get(section) or {}).items():
             inputs.append(_input_def(name, spec, section == "required"))
-    return NodeDef(class_type, display_name or class_type, tuple(inputs), bool(output_node))
+    return NodeDef(class_type, display_name or class_type, tuple(inputs))
 
 
 def definitions_from_object_info(object_info: dict) -> dict[str, NodeDef]:
     """NodeDefs from a server's ``/object_info`` answer."""
-    return {name: node_def(name, info.get("input", {}), info.get("display_name"), info.get("output_node", False))
-            for name, info in object_info.items()}
+    return {name: node_def(name, info.get("input", {}), info.get("display_name")) for name, info in object_info.items()}
 
 
 def definitions_from_host() -> dict[str, NodeDef]:
-    """NodeDefs of the nodes registered in the ComfyUI imported in this process."""
+    """NodeDefs of the nodes registered in the ComfyUI imported in this process (a node whose
+    INPUT_TYPES fails is left out, as the server leaves it out of /object_info)."""
     import nodes
 
-    return {name: node_def(name, cls.INPUT_TYPES(), nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name),
-                           getattr(cls, "OUTPUT_NODE", False))
-            for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
+    definitions = {}
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        try:
+            definitions[name] = node_def(name, cls.INPUT_TYPES(), nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name))
+        except Exception as error:  # another pack's node: whatever it raises, the other nodes still work
+            log.warning("node %s left out: its INPUT_TYPES failed (%s)", name, error)
+    return definitions
 
 
 def is_ui_graph(graph) -> bool:
