@@ -362,7 +362,8 @@ def run(args) -> list[Path]:
         raise RunError(f"{workflow_path}: {error}") from None
     unknown = sorted({n["class_type"] for n in prompt.values() if n["class_type"] not in definitions})
     if unknown:
-        raise RunError(f"{workflow_path}: this ComfyUI has no node type {', '.join(unknown)}: install the custom nodes that provide it.")
+        raise RunError(f"{workflow_path}: this ComfyUI has no node type {', '.join(unknown)}: install the custom nodes "
+                       "that provide it (--verbose shows the ones that failed to load).")
 
     with tempfile.TemporaryDirectory(prefix="flashface-run-") as work_dir:
         work = Path(work_dir)
@@ -413,7 +414,7 @@ def run(args) -> list[Path]:
         if not executor.success:
             failure = next((data for event, data in executor.status_messages if event == "execution_error"), {})
             raise RunError(f"node {failure.get('node_id')} ({failure.get('node_type')}) failed: "
-                           f"{failure.get('exception_message', 'see the log above').strip()}", code=1)
+                           f"{failure.get('exception_message', '').strip()} (--verbose shows ComfyUI's log)", code=1)
         saved = []
         out_dir = Path(args.out).resolve()
         for node_output in executor.history_result["outputs"].values():
@@ -481,8 +482,8 @@ def main(argv=None) -> int:
         if value is not None and (value < 64 or value % 8):
             parser.error(f"--{name} must be a multiple of 8, at least 64")
 
-    # ComfyUI's start-up log (optional nodes it cannot import, ...) only with --verbose; this pack's always.
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(message)s")
+    # ComfyUI's own log (start-up, tracebacks of failing nodes) only with --verbose; this pack's always.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL, format="%(message)s")
     log.setLevel(logging.INFO)
     logging.getLogger(str(PACK_ROOT).replace(".", "_x_")).setLevel(logging.INFO)
     try:

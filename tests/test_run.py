@@ -198,3 +198,14 @@ def test_the_photo_to_change_is_the_one_load_image_besides_the_references(defini
     (photo,) = run.other_load_images(prompt, definitions)
     assert prompt[photo]["_meta"]["title"].startswith("Photo to change")
     assert len(run.reference_slots(prompt, definitions)) == 2 + 6  # two photos, six free optional inputs
+
+
+def test_a_node_that_fails_gives_its_message_and_exit_status_1(models, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (16, 16), "gray").save(tiny)
+    result = runner("drawn_to_real", "--ref", str(tiny), "--prompt", "a woman", "--out", str(tmp_path / "out"),
+                    "--extra-model-paths-config", str(models), "--no-custom-nodes")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "(FlashFaceEncodeReferenceFaces) failed: " in line and "16x16" in line, result.stderr
