@@ -211,8 +211,9 @@ def crop_faces(photos, detector_name: str, threshold: float, face_choice: str, f
         if face is None:
             message = (
                 f"No face found in {label} (of {len(photos)}, counting from 0) by the {detector_name} detector on "
-                f"{detector.provider} at threshold {threshold:g}, even at detection sizes "
-                f"{', '.join(map(str, detector.sizes))}."
+                f"{detector.provider} at threshold {threshold:g}"
+                + (f", even at detection sizes {', '.join(map(str, detector.sizes))}." if len(detector.sizes) > 1
+                   else f" (detection size {detector.sizes[0]}).")
             )
             if no_face == NO_FACE_SKIP:
                 logger.warning("FlashFace: %s Skipping it.", message)
