@@ -50,3 +50,25 @@ def import_comfyui() -> Path:
         if not torch.cuda.is_available():
             comfy.cli_args.args.cpu = True
     return host
+
+
+def load_nodes(other_custom_nodes: bool = True):
+    """Register ComfyUI's nodes and this pack's in this process, as the server does at start.
+
+    ``other_custom_nodes`` also loads the packs in ComfyUI's ``custom_nodes`` folders (user
+    graphs may need them); this pack is loaded from ``PACK_ROOT`` when it is not one of them,
+    after them, so its nodes are the ones used.
+    """
+    import_comfyui()
+    import asyncio
+
+    # As main.py: ComfyUI's utils package first, since nodes.py puts comfy/ (with its utils.py) on sys.path.
+    import utils.extra_config  # noqa: F401
+    import nodes
+
+    if "LoadImage" in nodes.NODE_CLASS_MAPPINGS and "FlashFaceSampler" in nodes.NODE_CLASS_MAPPINGS and len(nodes.LOADED_MODULE_DIRS):
+        return
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=other_custom_nodes, init_api_nodes=False))
+    loaded = {Path(path).resolve() for path in nodes.LOADED_MODULE_DIRS.values()}
+    if PACK_ROOT not in loaded and not asyncio.run(nodes.load_custom_node(str(PACK_ROOT))):
+        raise RuntimeError(f"ComfyUI could not load the FlashFace nodes from {PACK_ROOT}; the log above says why.")

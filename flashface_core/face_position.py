@@ -43,17 +43,33 @@ def face_box_mask(box, latent_height: int, latent_width: int) -> torch.Tensor:
 def resize_face_mask(mask: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
     """A user MASK ([H, W] or [B, H, W], any resolution) at latent resolution, as [B, H, W].
 
-    Nearest sampling at pixel centres of each 8x8 cell, so a pixel-exact mask matches the
-    demo's every-8th-pixel sampling when its size is 8x the latent size.
+    A mask the size of the image is read at every 8th pixel, as the demo reads its mask; one
+    the size of the latent is used as it is. Any other size is first resized to the image
+    bilinearly, as ComfyUI resizes the masks of its own nodes (SetLatentNoiseMask,
+    ImageCompositeMasked), so one painted on a photo of another size still fits.
     """
     if mask.ndim == 2:
         mask = mask[None]
-    if mask.ndim != 3:
+    mask = mask.float()
+    if mask.shape[-2:] == (latent_height, latent_width):
+        return mask
+    size = (latent_height * LATENT_STRIDE, latent_width * LATENT_STRIDE)
+    if mask.shape[-2:] != size:
+        mask = torch.nn.functional.interpolate(mask[:, None], size=size, mode="bilinear")[:, 0]
+    return mask[:, ::LATENT_STRIDE, ::LATENT_STRIDE]
+
+
+def check_face_mask(mask: torch.Tensor):
+    """Raise, saying what to do, for a MASK that cannot say where the face goes."""
+    if mask.ndim not in (2, 3):
         raise ValueError(f"The face mask must be [H, W] or [B, H, W]; got shape {tuple(mask.shape)}.")
-    if mask.shape[-2:] == (latent_height * LATENT_STRIDE, latent_width * LATENT_STRIDE):
-        return mask[:, ::LATENT_STRIDE, ::LATENT_STRIDE].float()
-    resized = torch.nn.functional.interpolate(mask[:, None].float(), size=(latent_height, latent_width), mode="nearest")
-    return resized[:, 0]
+    if not mask.any():
+        height, width = mask.shape[-2:]
+        raise ValueError(
+            f"The face mask is empty ({width}x{height}, all zeros): the photo has no painted mask (Load Image gives "
+            "an empty 64x64 mask then). Right-click the photo's Load Image node > Open in MaskEditor, paint over the "
+            "face and save; or load a PNG whose transparent pixels cover the face."
+        )
 
 
 class FacePosition:
@@ -61,6 +77,8 @@ class FacePosition:
 
     def __init__(self, box=None, mask: torch.Tensor | None = None):
         self.box = validate_face_box(box) if box is not None else None
+        if mask is not None:
+            check_face_mask(mask)
         self.mask = mask
 
     def latent_mask(self, latent_height: int, latent_width: int) -> torch.Tensor:
@@ -70,18 +88,6 @@ class FacePosition:
         if self.box is not None:
             return face_box_mask(self.box, latent_height, latent_width)[None]
         return torch.zeros(1, latent_height, latent_width)
-
-    def check_fits(self, latent_height: int, latent_width: int):
-        """Raise if a MASK is neither the image's nor the latent's size."""
-        if self.mask is None:
-            return
-        size = tuple(self.mask.shape[-2:])
-        allowed = {(latent_height, latent_width), (latent_height * LATENT_STRIDE, latent_width * LATENT_STRIDE)}
-        if size not in allowed:
-            raise ValueError(
-                f"The face mask is {size[1]}x{size[0]} but the image is {latent_width * LATENT_STRIDE}x"
-                f"{latent_height * LATENT_STRIDE}: make the mask the size of the image."
-            )
 
     def __deepcopy__(self, memo):
         return self

@@ -246,8 +246,6 @@ def sample_with_references(executor, *args, **kwargs):
     transformer_options = guider.model_options.setdefault("transformer_options", {})
     settings = transformer_options.get(SETTINGS_KEY)
     if settings is not None and settings.face_position is not None:
-        noise = args[0] if args else kwargs["noise"]
-        settings.face_position.check_fits(noise.shape[-2], noise.shape[-1])
         for name, conds in guider.conds.items():
             guider.conds[name] = [c if FACE_MASK_KEY in c else {**c, FACE_MASK_KEY: settings.face_position} for c in conds]
     if not guider.model_options.get("registered_hooks"):

@@ -10,7 +10,7 @@ FACE_POSITION = {
 }
 
 FACE_MASK = {
-    "face_mask": ("MASK", {"tooltip": "Where the face goes, instead of the box: a mask the size of the image (or of the latent)."}),
+    "face_mask": ("MASK", {"tooltip": "Where the face goes, instead of the box: a mask painted on the photo (Load Image > Open in MaskEditor); another size is resized to the image."}),
 }
 
 FLASHFACE_MODEL = ("MODEL", {"tooltip": "The MODEL from LoadFlashFace (LoRA loaders and other patches may sit in between)."})

@@ -2,7 +2,7 @@
 
 import folder_paths
 
-from ..flashface_core import model_paths
+from ..flashface_core import download, model_files, model_paths
 from ..flashface_core.model import WEIGHT_DTYPES, load_flashface
 
 
@@ -33,9 +33,16 @@ class LoadFlashFace:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name):
+        """A missing file gets what to download and where (this turns off ComfyUI's bare list check for it)."""
+        return model_files.check_in_folder(model_paths.FLASHFACE, ckpt_name, download.FLASHFACE) or True
+
     def load(self, ckpt_name, weight_dtype):
-        path = folder_paths.get_full_path_or_raise(model_paths.FLASHFACE, ckpt_name)
-        return (load_flashface(path, weight_dtype),)
+        missing = model_files.check_in_folder(model_paths.FLASHFACE, ckpt_name, download.FLASHFACE)
+        if missing:
+            raise FileNotFoundError(missing)
+        return (load_flashface(folder_paths.get_full_path(model_paths.FLASHFACE, ckpt_name), weight_dtype),)
 
 
 NODE_CLASS_MAPPINGS = {"LoadFlashFace": LoadFlashFace}

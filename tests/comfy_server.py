@@ -3,9 +3,10 @@
 ``comfy_server`` (module-scoped fixture; import it into a test module) lays out a temporary
 ComfyUI base: ``custom_nodes/ComfyUI-FlashFace`` (a link to this pack), a tiny test-only node
 file (seeded CONDITIONING and a small random SD1.5-layout VAE, which no download provides),
-``models/flashface`` with the golden tiny checkpoint and the detector golden set's random
-RetinaFace weights as ``retinaface_resnet50.pth``, ``input/`` with two face photos as RGB
-PNGs, and an ``extra_model_paths.yaml`` registering the custom nodes and flashface folders.
+``models/`` with every model file the shipped graphs name (``model_folder``: the golden tiny
+FlashFace, a random SD1.5-layout checkpoint, the random golden RetinaFace), ``input/`` with
+the photos the tests and graphs load as RGB PNGs, and an ``extra_model_paths.yaml``
+registering the custom nodes and model folders.
 It starts the host's ``main.py`` on a free 127.0.0.1 port and kills it at teardown. Nothing
 is written into the ComfyUI installation (user folder, database and temp live in the
 temporary folder, and no bytecode is written).
@@ -29,12 +30,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FACES_DIR, GOLDEN_DIR, GOLDEN_FACES_DIR, HOST, ROOT
+import model_folder
+from conftest import FACES_DIR, HOST, ROOT
 from PIL import Image
 
 PACK_DIR_NAME = "ComfyUI-FlashFace"
-CHECKPOINT = "flashface_tiny.ckpt"
-DETECTOR_WEIGHTS = "retinaface_resnet50.pth"
+CHECKPOINT = model_folder.TINY_FILE
 # Two reference photos (one face each), saved as RGB PNGs of at most PHOTO_SIZE pixels.
 PHOTOS = {"man.png": "man_face/1.png", "woman.png": "woman_face/1.png"}
 PHOTO_SIZE = 512
@@ -95,31 +96,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def golden_checkpoint() -> Path:
-    found = sorted(GOLDEN_DIR.glob(f"*/{CHECKPOINT}"))
-    if not found:
-        pytest.skip(f"no golden {CHECKPOINT} under {GOLDEN_DIR}")
-    return found[0]
-
-
-def golden_detector_weights() -> Path:
-    found = sorted(GOLDEN_FACES_DIR.glob("*/retinaface_resnet50_random.pth"))
-    if not found:
-        pytest.skip(f"no golden RetinaFace weights under {GOLDEN_FACES_DIR}")
-    return found[0]
-
-
-def prepare_base(base: Path) -> dict:
+def prepare_base(base: Path, cache: Path) -> dict:
     """Lay out the temporary ComfyUI folders; return the paths main.py is started with."""
     custom_nodes = base / "custom_nodes"
     custom_nodes.mkdir(parents=True)
     (custom_nodes / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
     (custom_nodes / "flashface_test_nodes.py").write_text(TEST_NODES)
 
-    flashface = base / "models" / "flashface"
-    flashface.mkdir(parents=True)
-    (flashface / CHECKPOINT).symlink_to(golden_checkpoint())
-    (flashface / DETECTOR_WEIGHTS).symlink_to(golden_detector_weights())
+    model_folder.fill_models(base / "models", cache)
 
     paths = {name: base / name for name in ("input", "output", "temp", "user")}
     for path in paths.values():
@@ -131,6 +115,7 @@ def prepare_base(base: Path) -> dict:
             rgb = photo.convert("RGB")
         rgb.thumbnail((PHOTO_SIZE, PHOTO_SIZE))
         rgb.save(paths["input"] / name)
+    model_folder.fill_inputs(paths["input"])
     # A fresh user: skip the first-visit template browser, so the frontend shows no dialog of its own.
     settings = paths["user"] / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
@@ -141,7 +126,7 @@ def prepare_base(base: Path) -> dict:
         "flashface_test:\n"
         f"  base_path: {base}\n"
         "  custom_nodes: custom_nodes\n"
-        "  flashface: models/flashface\n"
+        + "".join(f"  {folder}: models/{folder}\n" for folder in model_folder.FOLDERS)
     )
     paths["yaml"] = yaml
     return paths
@@ -150,8 +135,9 @@ def prepare_base(base: Path) -> dict:
 class ComfyServer:
     """One ComfyUI server process on 127.0.0.1, with small JSON helpers for its API."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, cache: Path):
         self.base = base
+        self.cache = cache
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
@@ -159,7 +145,7 @@ class ComfyServer:
         self.process = None
 
     def start(self):
-        paths = prepare_base(self.base)
+        paths = prepare_base(self.base, self.cache)
         command = [
             sys.executable, str(HOST / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--extra-model-paths-config", str(paths["yaml"]),
@@ -240,7 +226,7 @@ def comfy_server_fixture(tmp_path_factory):
     """A started ComfyUI server with the pack (import this into a test module to use it)."""
     if HOST is None:
         pytest.skip("no ComfyUI host")
-    server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui"), tmp_path_factory.getbasetemp() / "model_cache")
     try:
         server.start()
         yield server

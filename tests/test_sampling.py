@@ -293,9 +293,20 @@ def test_bad_face_boxes(flashface, inputs, box):
         run_sampler(flashface, inputs, box=box)
 
 
-def test_face_mask_of_the_wrong_size(flashface, inputs):
-    with pytest.raises(ValueError, match="size of the image"):
-        run_sampler(flashface, inputs, face_mask=torch.ones(1, 50, 30))
+def test_face_mask_of_another_size_is_resized_to_the_image(flashface, inputs):
+    """As ComfyUI's own mask inputs: a mask painted at another size covers the same part of the image."""
+    resized = run_sampler(flashface, inputs, seed=5, face_mask=torch.ones(1, 50, 30))
+    full = run_sampler(flashface, inputs, seed=5, face_mask=torch.ones(1, 64, 64))
+    assert torch.equal(resized, full)
+
+
+def test_empty_face_mask_says_to_paint_the_face():
+    """Load Image hands an empty 64x64 mask over for a photo without a painted mask."""
+    from comfyui_flashface.flashface_core.face_position import FacePosition
+
+    with pytest.raises(ValueError, match="MaskEditor") as error:
+        FacePosition(mask=torch.zeros(1, 64, 64))
+    assert "64x64" in str(error.value)
 
 
 def test_controlnet_through_the_stock_node(flashface, inputs):
@@ -372,3 +383,22 @@ def test_prompt_of_another_model_and_wrong_latent_are_named(flashface, inputs):
         run_sampler(flashface, {**inputs, "positive": wide})
     with pytest.raises(ValueError, match="SD1.5 latents"):
         run_sampler(flashface, inputs, latent={"samples": torch.ones(1, 16, 8, 8)})
+
+
+def test_sampler_custom_advanced_graph_gives_the_flashface_samplers_image(flashface, inputs):
+    """The SamplerCustomAdvanced graph (Apply FlashFace + FlashFace Guider + FlashFace Scheduler + euler) is the
+    FlashFace Sampler taken apart: the same seed gives the same image, as its Note says."""
+    from comfy_extras.nodes_custom_sampler import KSamplerSelect, Noise_RandomNoise, SamplerCustomAdvanced
+
+    from comfyui_flashface.nodes.apply import ApplyFlashFace
+    from comfyui_flashface.nodes.sampling import FlashFaceGuider, FlashFaceScheduler
+
+    box = (0.3, 0.2, 0.6, 0.5)
+    one_node = run_sampler(flashface, inputs, seed=4, steps=4, box=box)
+    (patched,) = ApplyFlashFace().apply(flashface, inputs["references"], inputs["negative"], 1.2, *box)
+    (guider,) = FlashFaceGuider().get_guider(patched, inputs["positive"], inputs["negative"], **GUIDANCE)
+    (sigmas,) = FlashFaceScheduler().get_sigmas(patched, "trailing", 4, 1.0)
+    (sampler,) = KSamplerSelect().get_sampler("euler")
+    result = SamplerCustomAdvanced().sample(Noise_RandomNoise(4), guider, sampler, sigmas, {"samples": torch.zeros(LATENT)})
+    taken_apart = (result[0] if isinstance(result, tuple) else result.result[0])["samples"]
+    assert torch.allclose(one_node, taken_apart, atol=1e-5), (one_node - taken_apart).abs().max()

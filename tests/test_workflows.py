@@ -1,32 +1,45 @@
-"""The example workflows in workflows/: well-formed UI JSON, and loadable in the real frontend.
+"""The shipped graphs in workflows/ (UI format) and workflows/api/ (API format), run for real.
 
 Host-free: every file parses, uses only FlashFace nodes (read from the pack's mappings) and
-core ComfyUI nodes, and its links agree with the nodes' inputs and outputs. With a ComfyUI host
-and Chromium: each file is dropped onto the real frontend served by a test server (the same
-call a file drop makes), with no missing-node dialog and every node present, and the prompt the
-frontend makes from it passes the server's validation except for the model and photo files
-a user supplies.
+core ComfyUI nodes, loads the model files the model guide names, and its links agree with the
+nodes' inputs and outputs. With a ComfyUI host: the API files are what
+``python -m flashface_core.workflow_api`` makes of the UI files now, and each runs to a saved
+image on a real server (tiny golden FlashFace, random SD1.5-layout CLIP and VAE, random
+RetinaFace: ``model_folder``) at 64x64 and 2 steps; a graph naming a missing model file is
+refused with the pack's message. With Chromium too: each UI file is dropped onto the real
+frontend (the same call a file drop makes), with no missing-node dialog, serializes back as
+it is on disk, the prompt the frontend builds is the converter's, and, queued at 64x64 and 2
+steps, it finishes with a saved image.
 """
 
 import ast
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from comfy_server import Chromium, comfy_server_fixture, find_chromium  # noqa: F401 (fixture)
-from conftest import ROOT
+from conftest import HOST, ROOT
+from comfyui_flashface.flashface_core import download, workflow_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
+RECIPES = {"flashface_from_photos", "flashface_stock_ksampler", "flashface_face_inpaint", "flashface_age_change",
+           "flashface_many_references", "flashface_drawn_to_real", "flashface_sampler_custom_advanced"}
+# The model files the guide (models/README.md, python -m flashface_core.download) has users fetch.
+MODEL_FILES = {"LoadFlashFace": download.FLASHFACE.filename, "CheckpointLoaderSimple": download.SD15.filename}
+TEST_SIZE, TEST_STEPS = 64, 2
 # Core ComfyUI 0.3.64 nodes the workflows may use, and the frontend's own note nodes.
 CORE_NODES = {
     "LoadImage", "ImageBatch", "PreviewImage", "SaveImage", "CheckpointLoaderSimple", "CLIPTextEncode",
     "EmptyLatentImage", "VAEEncode", "VAEDecode", "SetLatentNoiseMask", "ImageCompositeMasked", "KSampler",
-    "KSamplerAdvanced", "LoraLoaderModelOnly", "GrowMask", "LoadImageMask",
+    "KSamplerAdvanced", "LoraLoaderModelOnly", "GrowMask", "LoadImageMask", "RandomNoise", "KSamplerSelect",
+    "SamplerCustomAdvanced",
 }
 FRONTEND_NODES = {"Note", "MarkdownNote"}
-# Files a user brings: a prompt made from the workflows fails validation only on these inputs.
-USER_FILE_INPUTS = {"ckpt_name", "lora_name", "image"}
 OPTIONAL_SHAPE = 7  # how the frontend marks an optional input
 ACTIVE, BYPASSED = 0, 4
 
@@ -46,9 +59,85 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_there_are_example_workflows():
-    names = {path.stem for path in WORKFLOWS}
-    assert {"flashface_from_photos", "flashface_stock_ksampler", "flashface_face_inpaint"} <= names
+def test_every_recipe_has_a_graph_and_an_api_file():
+    assert {path.stem for path in WORKFLOWS} == RECIPES
+    assert [path.name for path in API_FILES] == [path.name for path in WORKFLOWS]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_graphs_load_the_files_the_model_guide_names(path):
+    nodes = load(path)["nodes"]
+    for node in nodes:
+        if node["type"] in MODEL_FILES:
+            assert node["widgets_values"][0] == MODEL_FILES[node["type"]], node
+        if node["type"] == "FlashFaceEncodeReferenceFaces":
+            assert node["widgets_values"][0] in ("retinaface", "none (images are face crops)"), node
+    notes = [node["widgets_values"][0] for node in nodes if node["type"] == "Note"]
+    assert len(notes) == 1 and "reference_start" in notes[0], notes
+    assert "face box" in notes[0] or "MaskEditor" in notes[0], notes
+
+
+def shrink(prompt: dict, seed: int | None = None) -> dict:
+    """The graph at TEST_SIZE pixels and TEST_STEPS steps, so a CPU runs it in seconds (and another seed)."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        for name in ("seed", "noise_seed"):
+            if seed is not None and name in node["inputs"]:
+                node["inputs"][name] = seed
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=TEST_SIZE, height=TEST_SIZE)
+        if "steps" in node["inputs"]:
+            node["inputs"]["steps"] = TEST_STEPS
+    return prompt
+
+
+def saved_images(server, entry) -> list[Path]:
+    status = entry["status"]
+    assert status["status_str"] == "success", [m for m in status["messages"] if m[0] == "execution_error"] or server.log()[-5000:]
+    images = [image for output in entry["outputs"].values() for image in output.get("images", []) if image["type"] == "output"]
+    paths = [server.output_dir / image["subfolder"] / image["filename"] for image in images]
+    assert paths and all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in paths)
+    return paths
+
+
+@pytest.mark.host
+def test_graph_files_are_what_the_scripts_make_now():
+    """The --check of python -m flashface_core.workflow_build and workflow_api: the UI files are what their
+    descriptions give, and the API files what the converter makes of the UI files."""
+    env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
+    check = ("import sys; from flashface_core import workflow_api, workflow_build; "
+             "sys.exit(workflow_build.main(['--check']) or workflow_api.main(['--check']))")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module", params=sorted(RECIPES))
+def recipe(request) -> str:
+    """A shipped graph's name; module-scoped so that pytest runs each graph's server and frontend tests one
+    after the other, and the server reuses the outputs it cached for the first."""
+    return request.param
+
+
+@pytest.mark.host
+def test_api_graph_runs_on_the_server(comfy_server, recipe):
+    saved_images(comfy_server, comfy_server.run(shrink(load(ROOT / "workflows" / "api" / f"{recipe}.json")), timeout=240))
+
+
+@pytest.mark.host
+def test_missing_model_file_is_refused_with_what_to_download(comfy_server):
+    prompt = load(API_FILES[0])
+    loader = next(node_id for node_id, node in prompt.items() if node["class_type"] == "LoadFlashFace")
+    prompt[loader]["inputs"]["ckpt_name"] = "flashface.safetensors"
+    # The face-crop preview does not need the model, so ComfyUI may still accept the rest of the graph.
+    status, answer = comfy_server.post("/prompt", {"prompt": prompt, "client_id": "flashface-tests"})
+    assert status in (200, 400) and list(answer["node_errors"]) == [loader], answer
+    (error,) = answer["node_errors"][loader]["errors"]
+    assert error["type"] == "custom_validation_failed"
+    message = error["details"]
+    folder = str(comfy_server.base / "models" / "flashface")
+    for part in ("flashface.safetensors is not in", folder, download.FLASHFACE.url, "python -m flashface_core.download`",
+                 "python -m flashface_core.convert"):
+        assert part in message, message
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -152,8 +241,8 @@ def test_missing_node_types_are_noticed(frontend):
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_loads_in_the_frontend(frontend, comfy_server, path, tmp_path_factory):
+def test_workflow_loads_in_the_frontend(frontend, comfy_server, recipe, tmp_path_factory):
+    path = ROOT / "workflows" / f"{recipe}.json"
     workflow = load(path)
     report = drop(frontend, workflow, path.name)
     assert report["count"] == len(workflow["nodes"])
@@ -164,12 +253,59 @@ def test_workflow_loads_in_the_frontend(frontend, comfy_server, path, tmp_path_f
     time.sleep(0.3)
     frontend.screenshot(screenshot)
 
-    # The prompt the frontend makes: the server refuses it only for the files a user brings.
+    # Saved back by the frontend, the graph is the file: the file is in the frontend's own format.
+    saved = {node["id"]: node for node in frontend.evaluate("app.graph.serialize()")["nodes"]}
+    for node in workflow["nodes"]:
+        assert node_form(saved[node["id"]]) == node_form(node), node["id"]
+
+    # The prompt the frontend makes is the converter's, and it runs.
     prompt = graph_to_prompt(frontend)
+    definitions = workflow_api.definitions_from_object_info(comfy_server.get("/object_info"))
+    assert prompt == workflow_api.to_api(workflow, definitions)
     active = [node for node in workflow["nodes"] if node["mode"] == ACTIVE and node["type"] not in FRONTEND_NODES]
     assert len(prompt) == len(active)
-    status, answer = comfy_server.post("/prompt", {"prompt": prompt, "client_id": "flashface-tests"})
-    assert status == 400, answer
-    for node_id, node_errors in answer["node_errors"].items():
-        for error in node_errors["errors"]:
-            assert error["extra_info"].get("input_name") in USER_FILE_INPUTS, (node_id, error)
+    # Another seed than the server test's, so the sampler runs again rather than coming from ComfyUI's cache.
+    frontend.evaluate(SHRINK.replace("SIZE", str(TEST_SIZE)).replace("STEPS", str(TEST_STEPS)).replace("SEED", "1"))
+    prompt = graph_to_prompt(frontend)
+    assert prompt == shrink(workflow_api.to_api(workflow, definitions), seed=1)
+    before = set(comfy_server.output_dir.rglob("*.png"))
+    assert not set(saved_images(comfy_server, comfy_server.run(prompt, timeout=240))) & before
+
+
+# What the frontend keeps of a node when it saves the graph (positions and sizes it may round or grow).
+def node_form(node: dict) -> dict:
+    return {
+        "type": node["type"], "mode": node["mode"], "title": node.get("title"),
+        "widgets_values": node.get("widgets_values") or [],
+        "inputs": [(i["name"], i["type"], i.get("link"), i.get("widget", {}).get("name"), i.get("shape"))
+                   for i in node.get("inputs", [])],
+        "outputs": [(o["name"], o["type"], o.get("links") or []) for o in node.get("outputs", [])],
+    }
+
+
+# Set in the page as a user would: small image, few steps, a seed.
+SHRINK = """
+(() => {
+  for (const node of app.graph.nodes) {
+    for (const widget of node.widgets || []) {
+      if (node.type === 'EmptyLatentImage' && (widget.name === 'width' || widget.name === 'height')) widget.value = SIZE;
+      if (widget.name === 'steps') widget.value = STEPS;
+      if (widget.name === 'seed' || widget.name === 'noise_seed') widget.value = SEED;
+    }
+  }
+  return true;
+})()
+"""
+
+
+@pytest.mark.host
+def test_face_inpainting_without_a_painted_mask_says_to_paint_it(comfy_server):
+    """Load Image gives an empty 64x64 mask for a photo with no painted mask: the run says what to do."""
+    prompt = shrink(load(ROOT / "workflows" / "api" / "flashface_face_inpaint.json"))
+    photo = next(node for node in prompt.values() if node["_meta"]["title"].startswith("Photo to change"))
+    photo["inputs"]["image"] = "face_1.png"  # an RGB photo: no alpha, so no mask
+    entry = comfy_server.run(prompt, timeout=240)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert error["node_type"] == "FlashFaceSampler"
+    assert "MaskEditor" in error["exception_message"] and "64x64" in error["exception_message"], error
