@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from .face_position import FacePosition
 from .model import load_flashface
-from .reference_attention import FACE_MASK_KEY, STRENGTHS_KEY
+from .contract import FACE_MASK_KEY, with_condition_strengths
 from .references import FlashFaceReferences
 
 CHECKPOINT = "flashface_tiny.ckpt"
@@ -84,7 +84,7 @@ def evaluate_conditions(model, x: torch.Tensor, timestep: int, contexts: list, s
         cond = comfy.sampler_helpers.convert_cond([[context, {FACE_MASK_KEY: FacePosition(mask=face_mask)}]])
         conds[str(index)] = cond
     comfy.sampler_helpers.prepare_model_patcher(model, conds, model_options)
-    model_options["transformer_options"][STRENGTHS_KEY] = dict(enumerate(strengths))
+    model_options = with_condition_strengths(model_options, strengths)
     conds = comfy.samplers.process_conds(base, x_sampler, conds, device)
     sigmas = sigma.expand(x.shape[0])
     model.pre_run()
