@@ -11,7 +11,6 @@ nothing and the caller keeps its unmerged path.
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import torch
-from comfy.ldm.modules import sub_quadratic_attention
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -29,7 +28,8 @@ def _query_chunk_size(batch_x_heads: int, k_tokens: int, bytes_per_token: int, d
 
 
 def sub_quad_attention_lse(q, k, v, heads: int, attn_precision=None):
-    """ComfyUI's sub-quadratic attention, one chunk summary per query chunk over all keys."""
+    """ComfyUI's sub-quadratic attention as it runs when all keys fit one chunk (scores,
+    softmax, product per query chunk of the size it picks), keeping the log-sum-exp."""
     attn_precision = comfy_attention.get_attn_precision(attn_precision, q.dtype)
     b, q_tokens, inner = q.shape
     dim_head = inner // heads
@@ -41,11 +41,18 @@ def sub_quad_attention_lse(q, k, v, heads: int, attn_precision=None):
     chunk = _query_chunk_size(b * heads, key_t.shape[-1], bytes_per_token, q.device)
     outputs, lses = [], []
     for start in range(0, q_tokens, chunk):
-        values, weights, max_score = sub_quadratic_attention._summarize_chunk(
-            query[:, start:start + chunk], key_t, value, scale=dim_head**-0.5, upcast_attention=upcast, mask=None
+        query_chunk = query[:, start:start + chunk]
+        if upcast:
+            query_chunk, key_t = query_chunk.float(), key_t.float()
+        scores = torch.baddbmm(
+            torch.empty(1, 1, 1, device=q.device, dtype=query_chunk.dtype), query_chunk, key_t, alpha=dim_head**-0.5, beta=0
         )
-        outputs.append(values / weights.unsqueeze(-1))
-        lses.append(weights.float().log() + max_score.float())
+        probs = scores.softmax(dim=-1)
+        # The log-sum-exp from the softmax's largest entry: p_max = exp(s_max - lse).
+        p_max, at = probs.max(dim=-1, keepdim=True)
+        lses.append((scores.gather(-1, at) - p_max.log()).squeeze(-1).float())
+        del scores
+        outputs.append(torch.bmm(probs.to(value.dtype), value))
     out = torch.cat(outputs, dim=1).to(q.dtype).reshape(b, heads, q_tokens, dim_head)
     return out, torch.cat(lses, dim=1).reshape(b, heads, q_tokens)
 
