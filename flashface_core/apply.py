@@ -4,7 +4,7 @@ import torch
 
 from .face_position import FacePosition
 from .model import is_flashface_model
-from .reference_attention import FlashFaceSettings, set_settings
+from .contract import FlashFaceSettings, set_settings
 from .references import FlashFaceReferences
 
 LATENT_CHANNELS = 4

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .contract import reference_attention_name
+
 PACK_FORMAT = "flashface-comfyui"
 PACK_FORMAT_VERSION = "1"
 MAIN_PREFIX = "diffusion_model."
@@ -73,11 +75,6 @@ class CheckpointError(ValueError):
 class ConversionReport:
     converted: dict[str, str] = field(default_factory=dict)  # official key -> pack key
     dropped: list[str] = field(default_factory=list)
-
-
-def reference_attention_name(block: tuple[str, int], transformer_index: int) -> str:
-    """Module name of the reference attention at ComfyUI's ``transformer_options['block']``."""
-    return f"{block[0]}_{block[1]}_{transformer_index}"
 
 
 def _map_pairs(text: str, table: dict[str, str]) -> str | None:

@@ -15,9 +15,9 @@ import comfy.samplers
 import torch
 from safetensors.torch import load_file
 
+from .contract import FACE_MASK_KEY, with_condition_strengths
 from .face_position import FacePosition
 from .model import load_flashface
-from .reference_attention import FACE_MASK_KEY, STRENGTHS_KEY
 from .references import FlashFaceReferences
 
 CHECKPOINT = "flashface_tiny.ckpt"
@@ -69,6 +69,7 @@ def with_golden_references(model, golden: GoldenSet, strength: float | None = No
 def evaluate_conditions(model, x: torch.Tensor, timestep: int, contexts: list, strengths: list, face_mask: torch.Tensor) -> list:
     """The raw U-Net outputs (eps) for each condition at integer ``timestep``.
 
+    Each of ``contexts`` is a text embedding or a CONDITIONING (to carry a ControlNet).
     ``x`` is the U-Net input as the official code feeds it; ComfyUI's sampler state is
     ``x * sqrt(1 + sigma^2)``.
     """
@@ -81,10 +82,11 @@ def evaluate_conditions(model, x: torch.Tensor, timestep: int, contexts: list, s
     model_options = comfy.model_patcher.create_model_options_clone(model.model_options)
     conds = {}
     for index, context in enumerate(contexts):
-        cond = comfy.sampler_helpers.convert_cond([[context, {FACE_MASK_KEY: FacePosition(mask=face_mask)}]])
-        conds[str(index)] = cond
+        conditioning = context if isinstance(context, list) else [[context, {}]]
+        mask = {FACE_MASK_KEY: FacePosition(mask=face_mask)}
+        conds[str(index)] = comfy.sampler_helpers.convert_cond([[c, {**mask, **extra}] for c, extra in conditioning])
     comfy.sampler_helpers.prepare_model_patcher(model, conds, model_options)
-    model_options["transformer_options"][STRENGTHS_KEY] = dict(enumerate(strengths))
+    model_options = with_condition_strengths(model_options, strengths)
     conds = comfy.samplers.process_conds(base, x_sampler, conds, device)
     sigmas = sigma.expand(x.shape[0])
     model.pre_run()

@@ -13,7 +13,7 @@ import torch
 
 from . import guidance
 from .apply import check_latent, require_flashface_model, text_embedding
-from .reference_attention import STRENGTHS_KEY, get_settings
+from .contract import get_settings, with_condition_strengths
 
 logger = logging.getLogger(__name__)
 _REPLACED_HOOKS = ("sampler_cfg_function", "sampler_calc_cond_batch_function")
@@ -67,8 +67,7 @@ class FlashFaceGuider(comfy.samplers.CFGGuider):
         else:
             conds = [positive, negative]
             strengths = [self.early_strength, self.early_strength]
-        options = model_options.copy()
-        options["transformer_options"] = {**model_options.get("transformer_options", {}), STRENGTHS_KEY: dict(enumerate(strengths))}
+        options = with_condition_strengths(model_options, strengths)
         out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
         for fn in model_options.get("sampler_pre_cfg_function", []):
             args = {"conds": conds, "conds_out": out, "cond_scale": self.text_scale, "timestep": timestep,

@@ -13,7 +13,6 @@ import comfy.model_base
 import comfy.model_detection
 import comfy.model_management
 import comfy.model_patcher
-import comfy.ops
 import comfy.supported_models
 import comfy.utils
 import torch
@@ -21,6 +20,7 @@ from comfy.ldm.modules.attention import CrossAttention, SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from . import checkpoint, reference_attention
+from .contract import FACE_MASK_KEY, REFERENCES_KEY
 from .timesteps import OfficialTimestepSampling
 
 # Every GroupNorm of the official U-Nets; ComfyUI builds ResBlocks and `out` with 1e-5.
@@ -77,10 +77,17 @@ def reference_attention_layers(unet: UNetModel, device, operations, dtype) -> to
 
 class FlashFaceModel(comfy.model_base.BaseModel):
     def __init__(self, model_config: FlashFaceConfig, device=None):
-        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device)
+        chosen = {}
+
+        def main_unet(**kwargs):  # keeps the operations BaseModel picks (custom, fp8, manual cast)
+            chosen["operations"] = kwargs["operations"]
+            return UNetModel(**kwargs)
+
+        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device, unet_model=main_unet)
         self.model_sampling = OfficialTimestepSampling(model_config)
+        self.memory_usage_factor_conds = (REFERENCES_KEY,)
         unet_config = model_config.unet_config
-        operations = comfy.ops.pick_operations(unet_config.get("dtype"), self.manual_cast_dtype)
+        operations = chosen["operations"]
         self.reference_unet = ReferenceUNet(unet_config, device, operations)
         self.reference_attention = reference_attention_layers(self.diffusion_model, device, operations, unet_config.get("dtype"))
         for module in self.modules():
@@ -90,11 +97,21 @@ class FlashFaceModel(comfy.model_base.BaseModel):
     def concat_cond(self, **kwargs):
         """The face-position mask channel (zeros, i.e. no constraint, unless a cond carries one)."""
         noise = kwargs["noise"]
-        position = kwargs.get(reference_attention.FACE_MASK_KEY)
+        position = kwargs.get(FACE_MASK_KEY)
         if position is None:
             return torch.zeros_like(noise[:, :1])
         mask = position.latent_mask(noise.shape[-2], noise.shape[-1])
         return comfy.utils.resize_to_batch_size(mask[:, None], noise.shape[0]).to(noise)
+
+    def extra_conds_shapes(self, **kwargs):
+        """The reference pass as extra tokens for ``memory_required``: its activations at the
+        references' size, and as many again for the keys and values it leaves for the main pass."""
+        out = super().extra_conds_shapes(**kwargs)
+        references = kwargs.get(REFERENCES_KEY)
+        if references is not None:
+            latents = references.model_latents()
+            out[REFERENCES_KEY] = [1, latents.shape[1], 2 * latents.shape[0] * latents.shape[2] * latents.shape[3]]
+        return out
 
     def load_model_weights(self, sd, unet_prefix=""):
         """Load every tensor of a pack-layout state dict; anything missing or extra is an error."""

@@ -189,7 +189,7 @@ def test_flashface_run_leaves_caller_model_and_other_models_unchanged(flashface,
 def test_clones_share_reference_data_instead_of_copying(flashface, golden):
     patched = _with_references(flashface, golden, 1.2)
     clone = patched.clone()
-    from comfyui_flashface.flashface_core.reference_attention import SETTINGS_KEY
+    from comfyui_flashface.flashface_core.contract import SETTINGS_KEY
 
     ours = patched.model_options["transformer_options"][SETTINGS_KEY]
     theirs = clone.model_options["transformer_options"][SETTINGS_KEY]
@@ -232,15 +232,18 @@ def test_every_reference_attention_block_is_patched_in_each_call(flashface, gold
     from comfyui_flashface.flashface_core import reference_attention
 
     seen = []
-    original = reference_attention.reference_attention_term
 
-    def recording(layer, *args):
-        seen.append(next(name for name, module in flashface.model.reference_attention.items() if module is layer))
-        return original(layer, *args)
+    def recording(original):
+        def record(layer, *args):
+            seen.append(next(name for name, module in flashface.model.reference_attention.items() if module is layer))
+            return original(layer, *args)
+        return record
 
-    monkeypatch.setattr(reference_attention, "reference_attention_term", recording)
-    _outputs(_with_references(flashface, golden, 1.0), golden, [1.0, 0.0])
-    assert sorted(seen) == sorted(flashface.model.reference_attention.keys())
+    for term in ("reference_attention_term", "merged_reference_attention_term"):
+        monkeypatch.setattr(reference_attention, term, recording(getattr(reference_attention, term)))
+    _outputs(_with_references(flashface, golden, 1.0), golden, [1.0, 0.0])  # the merged term
+    _outputs(flashface, golden, [0.0, 0.0])  # without references
+    assert sorted(seen) == sorted(list(flashface.model.reference_attention.keys()) * 2)
 
 
 def test_pack_file_with_wrong_shapes_is_named(golden, tmp_path):

@@ -173,6 +173,7 @@ def test_reference_pass_runs_once_per_step(flashface, inputs, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(reference_attention, "compute_reference_features", counting)
+    reference_attention.reference_cache(flashface).clear()  # earlier tests' runs would serve these steps
     run_sampler(flashface, inputs, steps=4, latent={"samples": torch.zeros(2, 4, 8, 8)})
     assert len(calls) == 4
 

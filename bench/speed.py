@@ -1,0 +1,225 @@
+"""Time a FlashFace step against the plain SD1.5 step, each speed lever off and on, in one run.
+
+    python bench/speed.py [--size 512] [--batch 1] [--refs 4] [--repeats 3] [--steps 2] [--dtype fp16]
+
+Builds the real SD1.5-sized FlashFace architecture with random weights (nothing is
+downloaded) and, under ``torch.inference_mode()`` as ComfyUI's executor runs nodes, times on
+ComfyUI's device: one plain U-Net evaluation, a plain CFG step, the reference pass alone,
+the two- and three-evaluation FlashFace steps with every lever off (``*_base``) and on
+(a first run: the reference pass computed), the same steps of a repeat run (reference pass
+cached), and whole short sampling runs through the FlashFace sampler (levers off, a first
+run, a repeat run). Variants are interleaved round by round and each figure is the median
+of its rounds after a warm-up (wall clock; the JSON also has the process CPU time). Prints a table, then one
+JSON line with every figure, its ratio to the plain CFG step, the attention ComfyUI chose
+and each variant's peak memory.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TEXT, REFS, START = 7.5, 3.2, 0.5  # guidance for the sampling runs: half the steps before reference guidance
+
+
+def sd15_unet_config(model_channels: int = 320) -> dict:
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "adm_in_channels": None, "in_channels": 5, "out_channels": 4, "model_channels": model_channels,
+        "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "channel_mult": [1, 2, 4, 4],
+        "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
+        "use_temporal_resblock": False, "use_temporal_attention": False,
+    }
+
+
+class PeakMemory:
+    """Peak memory above the start of a block: CUDA's allocator counter, else the process RSS sampled every 5 ms."""
+
+    def __init__(self, device):
+        import psutil
+        import torch
+
+        self.torch, self.device, self.process = torch, device, psutil.Process()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+            self.start = self.torch.cuda.memory_allocated()
+        else:
+            self.start = self.peak = self.process.memory_info().rss
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+            self.mb = (self.torch.cuda.max_memory_allocated() - self.start) / 2**20
+        else:
+            self.running = False
+            self.thread.join()
+            self.mb = (self.peak - self.start) / 2**20
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512, help="image size in pixels (latent = size / 8); 768 as an option")
+    parser.add_argument("--batch", type=int, default=1, help="images per step")
+    parser.add_argument("--refs", type=int, default=4, help="reference faces (16 as an option)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each step variant")
+    parser.add_argument("--steps", type=int, default=2, help="steps of the whole sampling runs (0: skip them)")
+    parser.add_argument("--run-repeats", type=int, default=1, help="timed repeats of each sampling run")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="weights (default: ComfyUI's choice)")
+    args = parser.parse_args(argv)
+
+    from flashface_core.comfy_host import import_comfyui
+
+    import_comfyui()
+    import comfy.ldm.modules.attention
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.utils
+    import torch
+
+    from flashface_core import contract, reference_attention
+    from flashface_core.apply import apply_flashface
+    from flashface_core.golden import evaluate_conditions
+    from flashface_core.model import WEIGHT_DTYPES, FlashFaceConfig
+    from flashface_core.references import FlashFaceReferences
+    from flashface_core.sampling import sample
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    device = comfy.model_management.get_torch_device()
+    config = FlashFaceConfig(sd15_unet_config())
+    dtype = WEIGHT_DTYPES[args.dtype] if args.dtype else comfy.model_management.unet_dtype(model_params=860_000_000)
+    config.set_inference_dtype(dtype, comfy.model_management.unet_manual_cast(dtype, device))
+    model = config.get_model({})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.02)
+    plain = comfy.model_patcher.ModelPatcher(model, device, comfy.model_management.unet_offload_device())
+    flashface = plain.clone()
+    reference_attention.install(flashface)
+
+    latent = args.size // 8
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, 4, latent, latent, generator=generator)
+    positive, negative = torch.randn(1, 77, 768, generator=generator), torch.randn(1, 77, 768, generator=generator)
+    mask = torch.zeros(latent, latent)
+    references = FlashFaceReferences(torch.randn(args.refs, 4, 28, 28, generator=generator))
+    with_refs = apply_flashface(flashface, references, [[negative, {}]], 1.2)
+    cache = reference_attention.reference_cache(flashface)
+
+    def levers(speed):
+        patched = with_refs.clone()
+        contract.set_speed(patched, speed)
+        return patched
+
+    base, first, repeat = levers(contract.ALL_OFF), levers(contract.SpeedSettings(cache_reference_pass=False)), levers(contract.SpeedSettings())
+    two = ([positive, negative], [0.85, 0.85], 900)  # before reference guidance
+    three = ([positive, negative, positive], [0.0, 0.0, 1.2], 500)  # after it starts
+
+    def step(patcher, contexts, strengths, timestep):
+        return lambda: evaluate_conditions(patcher, x, timestep, contexts, strengths, mask)
+
+    def reference_pass():
+        comfy.model_management.load_models_gpu([with_refs])
+        settings = contract.get_settings(with_refs.model_options)
+        compute_dtype = model.manual_cast_dtype or model.get_dtype()
+        reference_attention.compute_reference_features(model, settings, torch.tensor([500.0]), device, compute_dtype)
+
+    def run(patcher, first_run):
+        def go():
+            if first_run:
+                cache.clear()
+            sample(patcher, [[positive, {}]], [[negative, {}]], {"samples": torch.zeros_like(x)}, 0, args.steps, "euler",
+                   "trailing", 1.0, TEXT, REFS, START, 0.85, 0.0, noise=x)
+        return go
+
+    steps = {
+        "plain_eval_s": step(plain, [positive], [0.0], 500),
+        "plain_cfg_s": step(plain, [positive, negative], [0.0, 0.0], 500),
+        "ref_pass_s": reference_pass,
+        "ff2_base_s": step(base, *two),
+        "ff2_s": step(first, *two),
+        "ff2_cached_s": step(repeat, *two),
+        "ff3_base_s": step(base, *three),
+        "ff3_s": step(first, *three),
+        "ff3_cached_s": step(repeat, *three),
+    }
+    runs = {"run_base_s": run(base, False), "run_s": run(repeat, True), "run_cached_s": run(repeat, False)} if args.steps else {}
+    labels = {
+        "plain_eval_s": "plain SD1.5 evaluation (1 condition)", "plain_cfg_s": "plain SD1.5 CFG step (2 conditions)",
+        "ref_pass_s": "reference pass alone", "ff2_base_s": "FlashFace 2-evaluation step, levers off",
+        "ff2_s": "FlashFace 2-evaluation step, levers on", "ff2_cached_s": "FlashFace 2-evaluation step, repeat run (cached)",
+        "ff3_base_s": "FlashFace 3-evaluation step, levers off", "ff3_s": "FlashFace 3-evaluation step, levers on",
+        "ff3_cached_s": "FlashFace 3-evaluation step, repeat run (cached)",
+        "run_base_s": f"{args.steps}-step FlashFace run, levers off", "run_s": f"{args.steps}-step FlashFace run, first run",
+        "run_cached_s": f"{args.steps}-step FlashFace run, repeat run",
+    }
+    variants = {**steps, **runs}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    seconds = {name: [] for name in variants}
+    cpu_seconds = {name: [] for name in variants}
+    peaks = {name: 0.0 for name in variants}
+
+    def timed(name):
+        with PeakMemory(device) as peak:
+            sync()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            variants[name]()
+            sync()
+            seconds[name].append(time.perf_counter() - start)
+            cpu_seconds[name].append(time.process_time() - cpu_start)
+        peaks[name] = max(peaks[name], peak.mb)
+
+    with torch.inference_mode():
+        # Warm-up: load the model, and fill the cache at the timesteps of the repeat-run steps.
+        for name in ("plain_eval_s", "ff2_cached_s", "ff3_cached_s"):
+            steps[name]()
+        for group, repeats in ((steps, args.repeats), (runs, args.run_repeats)):
+            for _ in range(repeats):  # interleaved: every variant once per round
+                for name in group:
+                    timed(name)
+
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    baseline = medians["plain_cfg_s"]
+    attention = comfy.ldm.modules.attention.optimized_attention.__name__
+    print(f"device {device}, dtype {dtype}, {args.size}x{args.size}, batch {args.batch}, {args.refs} references, "
+          f"attention {attention}, torch threads {torch.get_num_threads()}, median of {args.repeats}")
+    print(f"{'variant':52} {'seconds':>9} {'x plain CFG':>12} {'peak MB':>9}")
+    for name, value in medians.items():
+        print(f"{labels[name]:52} {value:9.3f} {value / baseline:12.3f} {peaks[name]:9.0f}")
+    result = {name: round(value, 4) for name, value in medians.items()}
+    result.update({name[:-2] + "_ratio": round(value / baseline, 3) for name, value in medians.items()})
+    result.update({
+        "peak_mb": {name: round(value) for name, value in peaks.items()}, "attention": attention, "device": str(device),
+        "dtype": str(dtype), "size": args.size, "batch": args.batch, "refs": args.refs, "repeats": args.repeats,
+        "steps": args.steps, "threads": torch.get_num_threads(),
+        "all_seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()},
+        "cpu_seconds": {k: round(statistics.median(v), 3) for k, v in cpu_seconds.items()},
+    })
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
