@@ -74,6 +74,27 @@ class PeakMemory:
             self.mb = (self.peak - self.start) / 2**20
 
 
+def count_flops(steps: dict, labels: dict) -> int:
+    """GFLOP of each step variant as torch counts them (2 per multiply-add of every matmul,
+    batched matmul and convolution; attention is the product of its two matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gflop = {}
+    with torch.inference_mode():
+        steps["ff2_cached_s"]()  # fill the cache, so the repeat-run steps count what they run
+        steps["ff3_cached_s"]()
+        for name, fn in steps.items():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                fn()
+            gflop[name[:-2] + "_gflop"] = round(counter.get_total_flops() / 1e9, 1)
+    for name, value in gflop.items():
+        print(f"{labels[name[:-6] + '_s']:52} {value:9.1f} GFLOP")
+    print(json.dumps(gflop))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="image size in pixels (latent = size / 8); 768 as an option")
@@ -82,6 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each step variant")
     parser.add_argument("--steps", type=int, default=2, help="steps of the whole sampling runs (0: skip them)")
     parser.add_argument("--run-repeats", type=int, default=1, help="timed repeats of each sampling run")
+    parser.add_argument("--flops", action="store_true", help="count each step variant's FLOPs (torch's FlopCounterMode) instead of timing")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="weights (default: ComfyUI's choice)")
     args = parser.parse_args(argv)
 
@@ -190,6 +212,10 @@ def main(argv=None) -> int:
             seconds[name].append(time.perf_counter() - start)
             cpu_seconds[name].append(time.process_time() - cpu_start)
         peaks[name] = max(peaks[name], peak.mb)
+        print(f"{name} {seconds[name][-1]:.3f} s", file=sys.stderr, flush=True)
+
+    if args.flops:
+        return count_flops(steps, labels)
 
     with torch.inference_mode():
         # Warm-up: load the model, and fill the cache at the timesteps of the repeat-run steps.

@@ -5,6 +5,7 @@ the model and the golden checks write them only through the helpers here, so a k
 in one place. Everything here is immutable, so MODEL clones share it instead of copying.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -42,7 +43,10 @@ def _default_cache_mb() -> int:
     try:
         return max(0, int(value))
     except ValueError:
-        raise ValueError(f"{CACHE_MB_ENV} must be a whole number of megabytes, got {value!r}.") from None
+        logging.getLogger(__name__).warning(
+            "%s must be a whole number of megabytes, got %r; using %d.", CACHE_MB_ENV, value, DEFAULT_CACHE_MB
+        )
+        return DEFAULT_CACHE_MB
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ BAR = 1e-5
 
 
 def _speed(**levers):
-    from comfyui_flashface.flashface_core.contract import ALL_OFF
+    """Every lever off but the ones named."""
     import dataclasses
+
+    from comfyui_flashface.flashface_core.contract import ALL_OFF
 
     return dataclasses.replace(ALL_OFF, **levers)
 
@@ -272,8 +274,8 @@ def test_shared_encoder_falls_back_with_a_controlnet_on_one_condition_only(flash
 def test_reference_parts_use_the_operations_the_main_unet_uses(golden):
     import comfy.ops
 
-    from comfyui_flashface.flashface_core.model import FlashFaceConfig, unet_config_from_state_dict
     from comfyui_flashface.flashface_core.checkpoint import load_flashface_state_dict
+    from comfyui_flashface.flashface_core.model import FlashFaceConfig, unet_config_from_state_dict
 
     config = FlashFaceConfig(unet_config_from_state_dict(load_flashface_state_dict(golden.checkpoint)))
     config.set_inference_dtype(torch.float16, torch.float32)
