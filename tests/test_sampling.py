@@ -3,6 +3,7 @@ nodes, LoRAs, masks, interrupts and bad input. Runs the tiny golden model on sma
 
 import pytest
 import torch
+from random_controlnet import apply_random_controlnet
 
 pytestmark = pytest.mark.host
 
@@ -312,20 +313,7 @@ def test_empty_face_mask_says_to_paint_the_face():
 
 def test_controlnet_through_the_stock_node(flashface, inputs):
     """A randomly initialised ControlNet sized for the tiny model, applied by ControlNetApplyAdvanced."""
-    import comfy.cldm.cldm
-    import comfy.controlnet
-    import comfy.ops
-    import nodes
-
-    config = {**flashface.model.model_config.unet_config, "in_channels": 4, "hint_channels": 3}
-    control_model = comfy.cldm.cldm.ControlNet(**config, device="cpu", operations=comfy.ops.disable_weight_init)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for parameter in control_model.parameters():
-            parameter.copy_(torch.randn_like(parameter) * 0.05)
-    control = comfy.controlnet.ControlNet(control_model, load_device=torch.device("cpu"))
-    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(6))
-    positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(inputs["positive"], inputs["negative"], control, hint, 1.0, 0.0, 1.0)
+    positive, negative = apply_random_controlnet(flashface, inputs["positive"], inputs["negative"])
     before = run_sampler(flashface, inputs, seed=8)
     controlled = run_sampler(flashface, {**inputs, "positive": positive, "negative": negative}, seed=8)
     assert torch.isfinite(controlled).all() and not torch.allclose(controlled, before, atol=1e-4)

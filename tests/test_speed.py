@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from random_controlnet import apply_random_controlnet
 from test_sampling import _lora_file, run_sampler
 
 pytestmark = pytest.mark.host
@@ -229,20 +230,7 @@ def test_duplicate_chunks_need_every_encoder_input_equal():
 
 
 def _controlnet(flashface, inputs, positive_only):
-    import comfy.cldm.cldm
-    import comfy.controlnet
-    import comfy.ops
-    import nodes
-
-    config = {**flashface.model.model_config.unet_config, "in_channels": 4, "hint_channels": 3}
-    control_model = comfy.cldm.cldm.ControlNet(**config, device="cpu", operations=comfy.ops.disable_weight_init)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for parameter in control_model.parameters():
-            parameter.copy_(torch.randn_like(parameter) * 0.05)
-    control = comfy.controlnet.ControlNet(control_model, load_device=torch.device("cpu"))
-    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(6))
-    positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(inputs["positive"], inputs["negative"], control, hint, 1.0, 0.0, 1.0)
+    positive, negative = apply_random_controlnet(flashface, inputs["positive"], inputs["negative"])
     return positive if positive_only else (positive, negative)
 
 
