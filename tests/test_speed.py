@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from random_controlnet import apply_random_controlnet
-from test_sampling import _lora_file, run_sampler
+from test_sampling import _lora_file, inputs, run_sampler  # noqa: F401 (inputs: the shared fixture)
 
 pytestmark = pytest.mark.host
 
@@ -52,18 +52,6 @@ def calls(monkeypatch):
     counting(shared_encoder, "_forward_shared", "shared_encoder")
     counting(reference_attention, "merged_reference_attention_term", "merged_attention")
     return counts
-
-
-@pytest.fixture
-def inputs(golden, flashface):
-    from comfyui_flashface.flashface_core.references import FlashFaceReferences
-
-    t = golden.tensors
-    return {
-        "references": FlashFaceReferences(flashface.model.latent_format.process_out(t["ref_latents"])),
-        "positive": [[t["cond"], {}]],
-        "negative": [[t["uncond"], {}]],
-    }
 
 
 def _fresh_cache(model):
