@@ -1,6 +1,7 @@
 """Time a FlashFace step against the plain SD1.5 step, each speed lever off and on, in one run.
 
     python bench/speed.py [--size 512] [--batch 1] [--refs 4] [--repeats 3] [--steps 2] [--dtype fp16]
+                          [--official PATH_TO_A_CHECKOUT_OF_ali-vilab/FlashFace]
 
 Builds the real SD1.5-sized FlashFace architecture with random weights (nothing is
 downloaded) and, under ``torch.inference_mode()`` as ComfyUI's executor runs nodes, times on
@@ -12,6 +13,12 @@ run, a repeat run). Variants are interleaved round by round and each figure is t
 of its rounds after a warm-up (wall clock; the JSON also has the process CPU time). Prints a table, then one
 JSON line with every figure, its ratio to the plain CFG step, the attention ComfyUI chose
 and each variant's peak memory.
+
+With ``--official DIR`` the weights are the official U-Net's (random, converted with the pack's
+checkpoint conversion), and the official U-Net's two- and three-condition steps are timed in
+the same rounds. Before timing, both models' outputs for those steps are compared and the
+relative differences printed: the two must compute the same thing for the timing to mean
+anything.
 """
 
 import argparse
@@ -88,11 +95,19 @@ def count_flops(steps: dict, labels: dict) -> int:
             counter = FlopCounterMode(display=False)
             with counter:
                 fn()
-            gflop[name[:-2] + "_gflop"] = round(counter.get_total_flops() / 1e9, 1)
+            gflop[name[:-2] + "_gflop"] = round(counter.get_total_flops() / 1e9, 3)
     for name, value in gflop.items():
-        print(f"{labels[name[:-6] + '_s']:52} {value:9.1f} GFLOP")
+        print(f"{labels[name[:-6] + '_s']:52} {value:11.3f} GFLOP")
     print(json.dumps(gflop))
     return 0
+
+
+def relative_difference(ours: list, official) -> float:
+    """||ours - official|| / ||official|| over a step's rows, ``official`` being the batched output."""
+    import torch
+
+    official = official.float().cpu()
+    return ((torch.cat(ours) - official).norm() / official.norm()).item()
 
 
 def main(argv=None) -> int:
@@ -105,7 +120,18 @@ def main(argv=None) -> int:
     parser.add_argument("--run-repeats", type=int, default=1, help="timed repeats of each sampling run")
     parser.add_argument("--flops", action="store_true", help="count each step variant's FLOPs (torch's FlopCounterMode) instead of timing")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="weights (default: ComfyUI's choice)")
+    parser.add_argument("--channels", type=int, default=320,
+                        help="U-Net base channels (SD1.5: 320; smaller only to check the script itself quickly)")
+    parser.add_argument("--official", type=Path, metavar="DIR",
+                        help="a checkout of https://github.com/ali-vilab/FlashFace: also time its U-Net on the same weights")
     args = parser.parse_args(argv)
+    if args.official:
+        from official import check_checkout
+
+        if args.channels != 320:
+            parser.error("--official needs --channels 320: the official code builds its 5-channel input layer at 320 channels")
+
+        args.official = check_checkout(args.official)
 
     from flashface_core.comfy_host import import_comfyui
 
@@ -125,14 +151,22 @@ def main(argv=None) -> int:
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     device = comfy.model_management.get_torch_device()
-    config = FlashFaceConfig(sd15_unet_config())
+    config = FlashFaceConfig(sd15_unet_config(args.channels))
     dtype = WEIGHT_DTYPES[args.dtype] if args.dtype else comfy.model_management.unet_dtype(model_params=860_000_000)
     config.set_inference_dtype(dtype, comfy.model_management.unet_manual_cast(dtype, device))
     model = config.get_model({})
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.02)
+    if args.official:
+        from official import OfficialStep, build_official_unet
+
+        from flashface_core.checkpoint import convert_official
+
+        official_unet = build_official_unet(args.official, args.channels, device, seed=0)
+        model.load_model_weights(convert_official(official_unet.state_dict())[0])
+    else:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, 0.02)
     plain = comfy.model_patcher.ModelPatcher(model, device, comfy.model_management.unet_offload_device())
     flashface = plain.clone()
     reference_attention.install(flashface)
@@ -141,7 +175,8 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 4, latent, latent, generator=generator)
     positive, negative = torch.randn(1, 77, 768, generator=generator), torch.randn(1, 77, 768, generator=generator)
-    mask = torch.zeros(latent, latent)
+    mask = torch.zeros(latent, latent)  # the face-position box, as the demo's default bbox puts it
+    mask[latent // 4:3 * latent // 4, latent // 4:3 * latent // 4] = 1.0
     references = FlashFaceReferences(torch.randn(args.refs, 4, 28, 28, generator=generator))
     with_refs = apply_flashface(flashface, references, [[negative, {}]], 1.2)
     cache = reference_attention.reference_cache(flashface)
@@ -183,6 +218,12 @@ def main(argv=None) -> int:
         "ff3_s": step(first, *three),
         "ff3_cached_s": step(repeat, *three),
     }
+    if args.official:
+        # The demo runs the float32 official model under autocast on CUDA; elsewhere in float32.
+        autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
+        official = OfficialStep(official_unet, model.process_latent_in(references.model_latents()), negative, mask, args.batch, autocast)
+        steps["official_ff2_s"] = lambda: official(x, [positive, negative], 0.85, 900)
+        steps["official_ff3_s"] = lambda: official(x, [positive, positive, negative], 1.2, 500)
     runs = {"run_base_s": run(base, False), "run_s": run(repeat, True), "run_cached_s": run(repeat, False)} if args.steps else {}
     labels = {
         "plain_eval_s": "plain SD1.5 evaluation (1 condition)", "plain_cfg_s": "plain SD1.5 CFG step (2 conditions)",
@@ -190,6 +231,7 @@ def main(argv=None) -> int:
         "ff2_s": "FlashFace 2-evaluation step, levers on", "ff2_cached_s": "FlashFace 2-evaluation step, repeat run (cached)",
         "ff3_base_s": "FlashFace 3-evaluation step, levers off", "ff3_s": "FlashFace 3-evaluation step, levers on",
         "ff3_cached_s": "FlashFace 3-evaluation step, repeat run (cached)",
+        "official_ff2_s": "official FlashFace U-Net, 2-condition step", "official_ff3_s": "official FlashFace U-Net, 3-condition step",
         "run_base_s": f"{args.steps}-step FlashFace run, levers off", "run_s": f"{args.steps}-step FlashFace run, first run",
         "run_cached_s": f"{args.steps}-step FlashFace run, repeat run",
     }
@@ -217,6 +259,22 @@ def main(argv=None) -> int:
     if args.flops:
         return count_flops(steps, labels)
 
+    agreement = {}
+    if args.official:
+        with torch.inference_mode():
+            # The official order and strengths: both rows at the similarity, or only the first.
+            for name, contexts, strengths, timestep in (
+                ("ff2", [positive, negative], [0.85, 0.85], 900),
+                ("ff3", [positive, positive, negative], [1.2, 0.0, 0.0], 500),
+            ):
+                ours = evaluate_conditions(first, x, timestep, contexts, strengths, mask)
+                agreement[name] = relative_difference(ours, official(x, contexts, strengths[0], timestep))
+        print("pack vs official U-Net on the same weights, relative difference: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items()))
+        bar = 1e-4 if dtype == torch.float32 else 1e-2
+        if max(agreement.values()) > bar:
+            raise SystemExit(f"The pack and the official U-Net disagree beyond {bar:g}: timing them side by side would mean nothing.")
+
     with torch.inference_mode():
         # Warm-up: load the model, and fill the cache at the timesteps of the repeat-run steps.
         for name in ("plain_eval_s", "ff2_cached_s", "ff3_cached_s"):
@@ -238,11 +296,13 @@ def main(argv=None) -> int:
     result.update({name[:-2] + "_ratio": round(value / baseline, 3) for name, value in medians.items()})
     result.update({
         "peak_mb": {name: round(value) for name, value in peaks.items()}, "attention": attention, "device": str(device),
-        "dtype": str(dtype), "size": args.size, "batch": args.batch, "refs": args.refs, "repeats": args.repeats,
+        "dtype": str(dtype), "channels": args.channels, "size": args.size, "batch": args.batch, "refs": args.refs, "repeats": args.repeats,
         "steps": args.steps, "threads": torch.get_num_threads(),
         "all_seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()},
         "cpu_seconds": {k: round(statistics.median(v), 3) for k, v in cpu_seconds.items()},
     })
+    if agreement:
+        result["official_relative_difference"] = {k: float(f"{v:.3g}") for k, v in agreement.items()}
     print(json.dumps(result))
     return 0
 

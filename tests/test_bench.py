@@ -1,0 +1,62 @@
+"""bench/speed.py itself: it runs, reports every figure the docs quote, and its FLOP counts
+show each lever removing what it should. Small U-Net (32 channels, 64 px) so it takes seconds;
+what it times is not checked here (timed tests mean nothing on a shared machine)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import HOST, ROOT
+
+pytestmark = pytest.mark.host
+
+SMALL = ["--channels", "32", "--size", "64", "--refs", "2"]
+STEPS = ["plain_eval", "plain_cfg", "ref_pass", "ff2_base", "ff2", "ff2_cached", "ff3_base", "ff3", "ff3_cached"]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def last_json(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_flop_counts_show_each_lever_removing_its_work():
+    gflop = last_json(bench(*SMALL, "--flops"))
+    assert gflop["plain_cfg_gflop"] == pytest.approx(2 * gflop["plain_eval_gflop"], rel=1e-3)
+    for rows in ("ff2", "ff3"):
+        # A repeat run skips exactly the reference pass (its keys and values included).
+        saved = gflop[f"{rows}_gflop"] - gflop[f"{rows}_cached_gflop"]
+        assert saved == pytest.approx(gflop["ref_pass_gflop"], rel=5e-3)
+    # Three rows: the shared encoder and the merged attention both remove work.
+    assert gflop["ff3_gflop"] < gflop["ff3_base_gflop"] - 0.01
+    assert gflop["ff2_gflop"] <= gflop["ff2_base_gflop"]
+
+
+def test_timing_run_reports_every_figure_with_its_ratio():
+    figures = last_json(bench(*SMALL, "--repeats", "1", "--steps", "1"))
+    names = [f"{name}_s" for name in STEPS] + ["run_base_s", "run_s", "run_cached_s"]
+    baseline = figures["plain_cfg_s"]
+    for name in names:
+        assert figures[name] > 0
+        assert figures[name[:-2] + "_ratio"] == pytest.approx(figures[name] / baseline, rel=1e-2)  # both rounded in the JSON
+        assert name in figures["peak_mb"]
+    assert figures["attention"].startswith("attention_")
+    assert (figures["channels"], figures["size"], figures["refs"]) == (32, 64, 2)
+
+
+def test_official_needs_a_checkout(tmp_path):
+    result = bench("--official", str(tmp_path))
+    assert result.returncode != 0
+    assert "ldm/models/unet.py is missing" in result.stderr and "ali-vilab/FlashFace" in result.stderr
+
+
+def test_official_needs_the_sd15_width(tmp_path):
+    result = bench("--official", str(tmp_path), "--channels", "32")
+    assert result.returncode == 2 and "--official needs --channels 320" in result.stderr
