@@ -1,7 +1,7 @@
 """Time a FlashFace step against the plain SD1.5 step, each speed lever off and on, in one run.
 
     python bench/speed.py [--size 512] [--batch 1] [--refs 4] [--repeats 3] [--steps 2] [--dtype fp16]
-                          [--official PATH_TO_A_CHECKOUT_OF_ali-vilab/FlashFace]
+                          [--attention pytorch] [--official PATH_TO_A_CHECKOUT_OF_ali-vilab/FlashFace]
 
 Builds the real SD1.5-sized FlashFace architecture with random weights (nothing is
 downloaded) and, under ``torch.inference_mode()`` as ComfyUI's executor runs nodes, times on
@@ -18,7 +18,9 @@ With ``--official DIR`` the weights are the official U-Net's (random, converted 
 checkpoint conversion), and the official U-Net's two- and three-condition steps are timed in
 the same rounds. Before timing, both models' outputs for those steps are compared and the
 relative differences printed: the two must compute the same thing for the timing to mean
-anything.
+anything. The official code attends with ``F.scaled_dot_product_attention``; ComfyUI on the
+CPU picks its sub-quadratic attention unless started with ``--use-pytorch-cross-attention``
+(``--attention pytorch`` here), so compare both ways.
 """
 
 import argparse
@@ -122,6 +124,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="weights (default: ComfyUI's choice)")
     parser.add_argument("--channels", type=int, default=320,
                         help="U-Net base channels (SD1.5: 320; smaller only to check the script itself quickly)")
+    parser.add_argument("--attention", choices=("default", "pytorch"), default="default",
+                        help="default: ComfyUI's choice for the device (sub-quadratic on the CPU); pytorch: what "
+                             "ComfyUI runs with --use-pytorch-cross-attention (its default on NVIDIA GPUs)")
     parser.add_argument("--official", type=Path, metavar="DIR",
                         help="a checkout of https://github.com/ali-vilab/FlashFace: also time its U-Net on the same weights")
     args = parser.parse_args(argv)
@@ -136,6 +141,10 @@ def main(argv=None) -> int:
     from flashface_core.comfy_host import import_comfyui
 
     import_comfyui()
+    import comfy.cli_args
+
+    if args.attention == "pytorch":
+        comfy.cli_args.args.use_pytorch_cross_attention = True
     import comfy.ldm.modules.attention
     import comfy.model_management
     import comfy.model_patcher

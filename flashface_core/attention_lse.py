@@ -8,6 +8,8 @@ the log-sum-exp. For any other choice (xformers, sage, flash-attn, split) it off
 nothing and the caller keeps its unmerged path.
 """
 
+import logging
+
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import torch
@@ -57,14 +59,32 @@ def sub_quad_attention_lse(q, k, v, heads: int, attn_precision=None):
     return out, torch.cat(lses, dim=1).reshape(b, heads, q_tokens)
 
 
-def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
-    """PyTorch's fused attention kernels (what ``attention_pytorch`` runs), asked for the log-sum-exp."""
-    q_tokens = q.shape[1]
-    q, k, v = (_split_heads(t, heads) for t in (q, k, v))
+def _fused_attention_lse(q, k, v):
+    """[b, heads, L, d] inputs; the output and the log-sum-exp (CUDA pads it to a multiple of 32)."""
     if q.device.type == "cuda":
-        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
-    else:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
+
+
+_refused = set()  # (device type, dtype, head size) the fused kernel refused, logged once each
+
+
+def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
+    """PyTorch's fused attention kernels (what ``attention_pytorch`` runs), asked for the log-sum-exp.
+
+    A kernel that refuses the inputs (an older GPU, a dtype or head size it lacks) leaves the
+    chunked computation of ``sub_quad_attention_lse``, which gives the same values anywhere.
+    """
+    q_tokens = q.shape[1]
+    try:
+        out, lse = _fused_attention_lse(*(_split_heads(t, heads) for t in (q, k, v)))
+    except RuntimeError as error:
+        case = (q.device.type, q.dtype, q.shape[-1] // heads)
+        if case not in _refused:
+            _refused.add(case)
+            logging.warning("FlashFace: PyTorch's fused attention refused %s %s heads of %d (%s); the merged "
+                            "reference attention uses chunked attention there.", *case, str(error).splitlines()[0])
+        return sub_quad_attention_lse(q, k, v, heads, attn_precision)
     return out, lse[..., :q_tokens].float()
 
 

@@ -106,6 +106,31 @@ def test_merged_attention_with_pytorch_attention(flashface, golden, monkeypatch,
         assert relative_error(value, off[name]) < BAR, name
 
 
+def test_merged_attention_falls_back_when_the_fused_kernel_refuses(flashface, golden, monkeypatch, caplog, calls):
+    """The CUDA kernel's call, made on the CPU where it does not exist: the chunked path
+    takes over with the same values, and says so once."""
+    import comfy.ldm.modules.attention as comfy_attention
+
+    from comfyui_flashface.flashface_core import attention_lse
+    from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
+
+    def cuda_kernel(q, k, v):
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+
+    monkeypatch.setattr(comfy_attention, "optimized_attention", comfy_attention.attention_pytorch)
+    monkeypatch.setattr(attention_lse, "_fused_attention_lse", cuda_kernel)
+    monkeypatch.setattr(attention_lse, "_refused", set())
+    model = with_golden_references(flashface, golden)
+    off = unet_outputs(golden, _with_speed(model, _speed()))
+    with caplog.at_level(logging.WARNING):
+        on = unet_outputs(golden, _with_speed(model, _speed(merged_attention=True)))
+    assert calls["merged_attention"] > 0
+    for name, value in on.items():
+        assert relative_error(value, off[name]) < BAR, name
+    refusals = [r for r in caplog.records if "fused attention refused" in r.getMessage()]
+    assert len(refusals) == len(attention_lse._refused) >= 1
+
+
 def test_cached_run_equals_uncached_run(flashface, inputs, calls):
     _fresh_cache(flashface)
     uncached = run_sampler(_with_speed(flashface, _speed()), inputs, seed=3, steps=4)
