@@ -50,6 +50,14 @@ def _import_reference_unet(checkout: Path) -> types.ModuleType:
     return module
 
 
+def official_attention(device: torch.device) -> str:
+    """What the official ``scaled_dot_product_attention`` runs: flash_attn's kernel in half
+    precision where that package is installed on CUDA, else PyTorch's."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attn"
+    return "torch scaled_dot_product_attention"
+
+
 @contextlib.contextmanager
 def cuda_calls_go_to(device: torch.device):
     """Send the official code's ``.cuda()`` calls to ``device`` (nothing changes on CUDA)."""

@@ -66,7 +66,8 @@ def _fused_attention_lse(q, k, v):
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
 
 
-_refused = set()  # (device type, dtype, head size) the fused kernel refused, logged once each
+logger = logging.getLogger(__name__)
+_refused = set()  # (device type, dtype, head size) the fused kernel refused: not asked again
 
 
 def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
@@ -76,14 +77,17 @@ def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
     chunked computation of ``sub_quad_attention_lse``, which gives the same values anywhere.
     """
     q_tokens = q.shape[1]
+    case = (q.device.type, q.dtype, q.shape[-1] // heads)
+    if case in _refused:
+        return sub_quad_attention_lse(q, k, v, heads, attn_precision)
     try:
         out, lse = _fused_attention_lse(*(_split_heads(t, heads) for t in (q, k, v)))
+    except torch.OutOfMemoryError:
+        raise  # ComfyUI's own handling frees memory and says so
     except RuntimeError as error:
-        case = (q.device.type, q.dtype, q.shape[-1] // heads)
-        if case not in _refused:
-            _refused.add(case)
-            logging.warning("FlashFace: PyTorch's fused attention refused %s %s heads of %d (%s); the merged "
-                            "reference attention uses chunked attention there.", *case, str(error).splitlines()[0])
+        _refused.add(case)
+        logger.warning("FlashFace: PyTorch's fused attention refused %s %s heads of %d (%s); the merged "
+                       "reference attention uses chunked attention there.", *case, str(error).splitlines()[0])
         return sub_quad_attention_lse(q, k, v, heads, attn_precision)
     return out, lse[..., :q_tokens].float()
 

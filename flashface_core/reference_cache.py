@@ -5,6 +5,8 @@ and the weights, never on the seed, the latent or the positive prompt: a second 
 same faces reuses it. Entries are grouped by everything but the timestep; a group is
 reused only when every part of its key matches. The memory is bounded: other groups are
 dropped first (oldest first), then new timesteps are no longer kept (with one log line).
+Entries are kept where ComfyUI offloads the model (system memory unless --gpu-only or
+--highvram), outside its memory accounting on the GPU, and copied to the device when read.
 """
 
 import logging
@@ -47,6 +49,10 @@ def _nbytes(features: dict) -> int:
     return sum(t.nbytes for pair in features.values() for t in pair)
 
 
+def _moved(features: dict, device: torch.device) -> dict:
+    return {name: tuple(t.to(device) for t in pair) for name, pair in features.items()}
+
+
 class ReferenceCache:
     """Shared by every clone of one loaded MODEL; lives as long as that MODEL."""
 
@@ -63,6 +69,11 @@ class ReferenceCache:
     def nbytes(self) -> int:
         return sum(group.nbytes for group in self._groups)
 
+    @property
+    def timesteps(self) -> int:
+        """How many timesteps are kept, all groups together."""
+        return sum(len(group.features) for group in self._groups)
+
     def _group(self, key: CacheKey) -> _Group | None:
         for group in self._groups:
             if group.key.matches(key):
@@ -72,10 +83,12 @@ class ReferenceCache:
         return None
 
     def get(self, key: CacheKey, timestep: float) -> dict | None:
+        """The features kept for ``key`` at ``timestep``, on ``key.device``."""
         group = self._group(key)
-        return None if group is None else group.features.get(timestep)
+        features = None if group is None else group.features.get(timestep)
+        return None if features is None else _moved(features, key.device)
 
-    def put(self, key: CacheKey, timestep: float, features: dict, limit_mb: int):
+    def put(self, key: CacheKey, timestep: float, features: dict, limit_mb: int, store_device: torch.device):
         group = self._group(key)
         if group is None:
             group = _Group(key)
@@ -93,7 +106,7 @@ class ReferenceCache:
             if not group.features:
                 self._groups.remove(group)
             return
-        group.features[timestep] = features
+        group.features[timestep] = _moved(features, store_device)
         group.nbytes += size
 
     def clear(self):

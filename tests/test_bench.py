@@ -16,6 +16,13 @@ SMALL = ["--channels", "32", "--size", "64", "--refs", "2"]
 STEPS = ["plain_eval", "plain_cfg", "ref_pass", "ff2_base", "ff2", "ff2_cached", "ff3_base", "ff3", "ff3_cached"]
 
 
+def cache_mb_per_timestep(channels: int, refs: int, element_size: int = 4) -> float:
+    """K and V of the 10 reference-attention layers for 224-px crops (28x28 latents): the
+    middle block at 4x4 and three output blocks at each of 7x7, 14x14 and 28x28."""
+    per_reference = 16 * 4 * channels + 3 * (49 * 4 * channels + 196 * 2 * channels + 784 * channels)
+    return 2 * refs * per_reference * element_size / 2**20
+
+
 def bench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), *args], cwd=ROOT, env=env,
@@ -34,9 +41,9 @@ def test_flop_counts_show_each_lever_removing_its_work():
         # A repeat run skips exactly the reference pass (its keys and values included).
         saved = gflop[f"{rows}_gflop"] - gflop[f"{rows}_cached_gflop"]
         assert saved == pytest.approx(gflop["ref_pass_gflop"], rel=5e-3)
-    # Three rows: the shared encoder and the merged attention both remove work.
-    assert gflop["ff3_gflop"] < gflop["ff3_base_gflop"] - 0.01
-    assert gflop["ff2_gflop"] <= gflop["ff2_base_gflop"]
+    # The merged attention removes work from both steps, the shared encoder from the three-row one.
+    assert gflop["ff2_gflop"] < gflop["ff2_base_gflop"]
+    assert gflop["ff3_base_gflop"] - gflop["ff3_gflop"] > gflop["ff2_base_gflop"] - gflop["ff2_gflop"]
 
 
 def test_timing_run_reports_every_figure_with_its_ratio():
@@ -45,9 +52,13 @@ def test_timing_run_reports_every_figure_with_its_ratio():
     baseline = figures["plain_cfg_s"]
     for name in names:
         assert figures[name] > 0
-        assert figures[name[:-2] + "_ratio"] == pytest.approx(figures[name] / baseline, rel=1e-2)  # both rounded in the JSON
+        assert figures[name[:-2] + "_ratio"] == pytest.approx(figures[name] / baseline, rel=3e-2)  # both rounded in the JSON
         assert name in figures["peak_mb"]
+    assert figures["plain_cfg_ratio"] == 1.0
     assert figures["attention"].startswith("attention_")
+    # The cache holds what the docs say it holds (fp32 here).
+    assert figures["cache_mb_per_timestep"] == pytest.approx(cache_mb_per_timestep(32, 2), abs=0.1)
+    assert cache_mb_per_timestep(320, 4) == pytest.approx(40.8, abs=0.1)  # the figure quoted for SD1.5
     assert (figures["channels"], figures["size"], figures["refs"]) == (32, 64, 2)
 
 

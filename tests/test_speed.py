@@ -107,18 +107,21 @@ def test_merged_attention_with_pytorch_attention(flashface, golden, monkeypatch,
 
 
 def test_merged_attention_falls_back_when_the_fused_kernel_refuses(flashface, golden, monkeypatch, caplog, calls):
-    """The CUDA kernel's call, made on the CPU where it does not exist: the chunked path
-    takes over with the same values, and says so once."""
+    """A kernel that refuses its inputs: the chunked path takes over with the same values,
+    says so once per kind of input and does not ask the kernel again."""
     import comfy.ldm.modules.attention as comfy_attention
 
     from comfyui_flashface.flashface_core import attention_lse
     from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
 
-    def cuda_kernel(q, k, v):
-        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    asked = []
+
+    def refusing_kernel(q, k, v):
+        asked.append((q.dtype, q.shape[-1]))
+        raise NotImplementedError("Could not run 'aten::_scaled_dot_product_efficient_attention' with arguments from the 'CPU' backend")
 
     monkeypatch.setattr(comfy_attention, "optimized_attention", comfy_attention.attention_pytorch)
-    monkeypatch.setattr(attention_lse, "_fused_attention_lse", cuda_kernel)
+    monkeypatch.setattr(attention_lse, "_fused_attention_lse", refusing_kernel)
     monkeypatch.setattr(attention_lse, "_refused", set())
     model = with_golden_references(flashface, golden)
     off = unet_outputs(golden, _with_speed(model, _speed()))
@@ -128,7 +131,21 @@ def test_merged_attention_falls_back_when_the_fused_kernel_refuses(flashface, go
     for name, value in on.items():
         assert relative_error(value, off[name]) < BAR, name
     refusals = [r for r in caplog.records if "fused attention refused" in r.getMessage()]
-    assert len(refusals) == len(attention_lse._refused) >= 1
+    assert len(refusals) == len(attention_lse._refused) == len(asked) >= 1
+
+
+def test_merged_attention_lets_out_of_memory_through(monkeypatch):
+    from comfyui_flashface.flashface_core import attention_lse
+
+    def out_of_memory(q, k, v):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(attention_lse, "_fused_attention_lse", out_of_memory)
+    monkeypatch.setattr(attention_lse, "_refused", set())
+    q = torch.randn(1, 6, 16)
+    with pytest.raises(torch.OutOfMemoryError):
+        attention_lse.pytorch_attention_lse(q, q, q, heads=2)
+    assert not attention_lse._refused
 
 
 def test_cached_run_equals_uncached_run(flashface, inputs, calls):
@@ -183,6 +200,14 @@ def test_changing_what_the_reference_pass_reads_recomputes(flashface, inputs, ca
     assert calls["reference_pass"] == 0  # the first run's entries outlived the others
 
 
+CPU = torch.device("cpu")
+
+
+def _same_tensors(a: dict | None, b: dict) -> bool:
+    """Entries read back on the device they were kept on are the kept tensors, not copies."""
+    return a is not None and a.keys() == b.keys() and all(x is y for k in a for x, y in zip(a[k], b[k]))
+
+
 def test_cache_key_covers_dtype_and_device():
     from comfyui_flashface.flashface_core.reference_cache import CacheKey, ReferenceCache
 
@@ -190,8 +215,8 @@ def test_cache_key_covers_dtype_and_device():
     key = CacheKey(latents, context, "weights", torch.float32, torch.device("cpu"))
     cache = ReferenceCache()
     features = {"middle_0_0": (torch.ones(1, 4, 8), torch.ones(1, 4, 8))}
-    cache.put(key, 500.0, features, limit_mb=1)
-    assert cache.get(CacheKey(latents.clone(), context.clone(), "weights", torch.float32, torch.device("cpu")), 500.0) is features
+    cache.put(key, 500.0, features, limit_mb=1, store_device=CPU)
+    assert _same_tensors(cache.get(CacheKey(latents.clone(), context.clone(), "weights", torch.float32, CPU), 500.0), features)
     for other in (
         CacheKey(latents, context, "weights", torch.float16, torch.device("cpu")),
         CacheKey(latents, context, "weights", torch.float32, torch.device("meta")),
@@ -211,13 +236,13 @@ def test_cache_bound_drops_other_faces_first_then_stops_with_a_log_line(caplog):
 
     half = {"layer": (torch.zeros(MB // 8), torch.zeros(MB // 8))}  # 1 MB
     cache = ReferenceCache()
-    cache.put(key(1), 1.0, half, limit_mb=2)
-    cache.put(key(2), 1.0, half, limit_mb=2)
-    cache.put(key(2), 2.0, half, limit_mb=2)
-    assert cache.get(key(1), 1.0) is None and cache.get(key(2), 2.0) is half
+    cache.put(key(1), 1.0, half, limit_mb=2, store_device=CPU)
+    cache.put(key(2), 1.0, half, limit_mb=2, store_device=CPU)
+    cache.put(key(2), 2.0, half, limit_mb=2, store_device=CPU)
+    assert cache.get(key(1), 1.0) is None and _same_tensors(cache.get(key(2), 2.0), half)
     with caplog.at_level(logging.INFO):
-        cache.put(key(2), 3.0, half, limit_mb=2)
-        cache.put(key(2), 4.0, half, limit_mb=2)
+        cache.put(key(2), 3.0, half, limit_mb=2, store_device=CPU)
+        cache.put(key(2), 4.0, half, limit_mb=2, store_device=CPU)
     assert cache.get(key(2), 3.0) is None and cache.nbytes == 2 * MB
     assert [r.getMessage() for r in caplog.records].count(
         "FlashFace: the reference-pass cache is full (2 MB, 2 timesteps kept); other timesteps recompute the reference "

@@ -241,9 +241,19 @@ def test_missing_node_types_are_noticed(frontend):
 
 
 @pytest.mark.host
+def test_page_errors_are_noticed(frontend):
+    """The check at the end of the test below is meaningful: an error thrown in the page is seen."""
+    frontend.events.clear()
+    frontend.evaluate("setTimeout(() => { throw new Error('flashface test error') }, 0), 1")
+    frontend.evaluate("new Promise(resolve => setTimeout(resolve, 200))")
+    assert any("flashface test error" in error for error in frontend.console_errors())
+
+
+@pytest.mark.host
 def test_workflow_loads_in_the_frontend(frontend, comfy_server, recipe, tmp_path_factory):
     path = ROOT / "workflows" / f"{recipe}.json"
     workflow = load(path)
+    frontend.events.clear()
     report = drop(frontend, workflow, path.name)
     assert report["count"] == len(workflow["nodes"])
     assert report["types"] == sorted(node["type"] for node in workflow["nodes"])
@@ -270,6 +280,7 @@ def test_workflow_loads_in_the_frontend(frontend, comfy_server, recipe, tmp_path
     assert prompt == shrink(workflow_api.to_api(workflow, definitions), seed=1)
     before = set(comfy_server.output_dir.rglob("*.png"))
     assert not set(saved_images(comfy_server, comfy_server.run(prompt, timeout=240))) & before
+    assert not frontend.console_errors(), "the page threw while loading, saving or queueing the graph"
 
 
 # What the frontend keeps of a node when it saves the graph (positions and sizes it may round or grow).
