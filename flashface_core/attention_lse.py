@@ -14,6 +14,9 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import torch
 
+logger = logging.getLogger(__name__)
+_refused = set()  # (device type, dtype, head size) the fused kernel refused: not asked again
+
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     b, tokens, inner = t.shape
@@ -65,9 +68,6 @@ def _fused_attention_lse(q, k, v):
         return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
 
-
-logger = logging.getLogger(__name__)
-_refused = set()  # (device type, dtype, head size) the fused kernel refused: not asked again
 
 
 def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
