@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run-repeats", type=int, default=1, help="timed repeats of each sampling run")
     parser.add_argument("--flops", action="store_true", help="count each step variant's FLOPs (torch's FlopCounterMode) instead of timing")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="weights (default: ComfyUI's choice)")
+    parser.add_argument("--each-lever", action="store_true",
+                        help="also time the steps with one lever on at a time (the shared encoder, the merged attention)")
     parser.add_argument("--channels", type=int, default=320,
                         help="U-Net base channels (SD1.5: 320; smaller only to check the script itself quickly)")
     parser.add_argument("--attention", choices=("default", "pytorch"), default="default",
@@ -252,6 +254,13 @@ def main(argv=None) -> int:
         "run_base_s": f"{args.steps}-step FlashFace run, levers off", "run_s": f"{args.steps}-step FlashFace run, first run",
         "run_cached_s": f"{args.steps}-step FlashFace run, repeat run",
     }
+    if args.each_lever:
+        for lever in ("share_encoder", "merged_attention"):
+            alone = levers(contract.SpeedSettings(cache_reference_pass=False, share_encoder=lever == "share_encoder",
+                                                  merged_attention=lever == "merged_attention"))
+            for rows, setup in (("ff2", two), ("ff3", three)):
+                steps[f"{rows}_{lever}_s"] = step(alone, *setup)
+                labels[f"{rows}_{lever}_s"] = f"FlashFace {rows[-1]}-evaluation step, {lever} alone"
     variants = {**steps, **runs}
 
     def sync():
@@ -278,6 +287,9 @@ def main(argv=None) -> int:
 
     agreement = {}
     if args.official:
+        # Exact float32 for the comparison: no TF32 convolutions (PyTorch's default on NVIDIA GPUs).
+        saved_tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
         with torch.inference_mode():
             # The official order and strengths: both rows at the similarity, or only the first.
             for name, contexts, strengths, timestep in (
@@ -286,6 +298,7 @@ def main(argv=None) -> int:
             ):
                 ours = evaluate_conditions(first, x, timestep, contexts, strengths, mask)
                 agreement[name] = relative_difference(ours, official(x, contexts, strengths[0], timestep))
+        torch.backends.cudnn.allow_tf32 = saved_tf32
         print("pack vs official U-Net on the same weights, relative difference: "
               + ", ".join(f"{k} {v:.2e}" for k, v in agreement.items()))
         bar = 1e-4 if dtype == torch.float32 and official_attention(device) != "flash_attn" else 1e-2

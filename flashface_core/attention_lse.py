@@ -4,8 +4,8 @@ Two attentions over disjoint key sets with the same queries merge exactly into t
 attention over their union: weight each by exp(its log-sum-exp) and normalise. ComfyUI's
 attention functions return only the output, so this module runs the same implementation
 ComfyUI chose (its sub-quadratic chunk summaries, or PyTorch's fused kernels) and keeps
-the log-sum-exp. For any other choice (xformers, sage, flash-attn, split) it offers
-nothing and the caller keeps its unmerged path.
+the log-sum-exp. For any other choice (xformers, sage, flash-attn, split), and for PyTorch
+attention on a GPU, it offers nothing and the caller keeps its unmerged path.
 """
 
 import logging
@@ -63,18 +63,16 @@ def sub_quad_attention_lse(q, k, v, heads: int, attn_precision=None):
 
 
 def _fused_attention_lse(q, k, v):
-    """[b, heads, L, d] inputs; the output and the log-sum-exp (CUDA pads it to a multiple of 32)."""
-    if q.device.type == "cuda":
-        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    """[b, heads, L, d] inputs; the output and the log-sum-exp."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
 
 
 
 def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
-    """PyTorch's fused attention kernels (what ``attention_pytorch`` runs), asked for the log-sum-exp.
+    """PyTorch's fused CPU attention kernel (what ``attention_pytorch`` runs there), asked for the log-sum-exp.
 
-    A kernel that refuses the inputs (an older GPU, a dtype or head size it lacks) leaves the
-    chunked computation of ``sub_quad_attention_lse``, which gives the same values anywhere.
+    A kernel that refuses the inputs (a dtype or head size it lacks) leaves the chunked
+    computation of ``sub_quad_attention_lse``, which gives the same values.
     """
     q_tokens = q.shape[1]
     case = (q.device.type, q.dtype, q.shape[-1] // heads)
@@ -93,10 +91,15 @@ def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
 
 
 def attention_lse_function(device: torch.device):
-    """The log-sum-exp attention matching ComfyUI's chosen attention on ``device``, or None."""
+    """The log-sum-exp attention matching ComfyUI's chosen attention on ``device``, or None.
+
+    None for PyTorch attention on a GPU: there the two fused attentions of the unmerged path
+    were faster (on an H200 in fp16, the merged path made a step 19 % slower at 768 px with 16
+    references, and saved nothing at 512 px with 4; docs/performance.md).
+    """
     chosen = comfy_attention.optimized_attention
     if chosen is comfy_attention.attention_sub_quad:
         return sub_quad_attention_lse
-    if chosen is comfy_attention.attention_pytorch and device.type in ("cpu", "cuda"):
+    if chosen is comfy_attention.attention_pytorch and device.type == "cpu":
         return pytorch_attention_lse
     return None

@@ -32,6 +32,10 @@ def main(argv=None) -> int:
 
     import_comfyui()
     import comfy.utils
+    import torch
+
+    # The golden data is float32 and the bar 1e-4: no TF32 convolutions (PyTorch's default on NVIDIA GPUs).
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 
     from . import golden  # needs ComfyUI on sys.path
     from .faces import golden as faces_golden

@@ -46,6 +46,18 @@ if HOST is not None:
     comfy_host.import_comfyui()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def float32_means_float32():
+    """The tests compare float32 values to 1e-5 and 1e-4; on NVIDIA GPUs since Ampere, PyTorch
+    runs float32 convolutions in TF32 by default, which rounds to about 1e-3."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def pytest_report_header(config):
     return f"ComfyUI host: {HOST}" if HOST else NO_HOST_REASON
 
