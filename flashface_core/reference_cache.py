@@ -49,14 +49,6 @@ def _nbytes(features: dict) -> int:
     return sum(t.nbytes for pair in features.values() for t in pair)
 
 
-def _kept(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``. GPU features go to pinned system memory by an asynchronous copy, so
-    keeping them never waits for the GPU, and reading them back (ordered on the same stream) is fast."""
-    if t.device.type == "cuda" and device.type == "cpu":
-        return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-    return t.to(device)
-
-
 def _moved(features: dict, device: torch.device) -> dict:
     return {name: tuple(t.to(device, non_blocking=True) for t in pair) for name, pair in features.items()}
 
@@ -114,7 +106,7 @@ class ReferenceCache:
             if not group.features:
                 self._groups.remove(group)
             return
-        group.features[timestep] = {name: tuple(_kept(t, store_device) for t in pair) for name, pair in features.items()}
+        group.features[timestep] = {name: tuple(t.to(store_device) for t in pair) for name, pair in features.items()}
         group.nbytes += size
 
     def clear(self):

@@ -164,9 +164,10 @@ def _plain_eval(patcher):
     import comfy.model_management
 
     comfy.model_management.load_models_gpu([patcher])
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2))
-    return patcher.model.apply_model(x, torch.tensor([1.0]), c_crossattn=context)
+    device = patcher.load_device
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)).to(device)
+    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2)).to(device)
+    return patcher.model.apply_model(x, torch.tensor([1.0], device=device), c_crossattn=context)
 
 
 def test_flashface_run_leaves_caller_model_and_other_models_unchanged(flashface, golden):
