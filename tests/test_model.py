@@ -174,7 +174,7 @@ def test_flashface_run_leaves_caller_model_and_other_models_unchanged(flashface,
     plain = _plain_sd15_model()
     plain_before = _plain_eval(plain)
     options_before = copy.deepcopy(flashface.model_options)
-    state_before = {k: v.clone() for k, v in flashface.model.state_dict().items()}
+    state_before = {k: v.cpu().clone() for k, v in flashface.model.state_dict().items()}  # wherever ComfyUI keeps them
     flashface_before = _outputs(flashface, golden, [0.0, 0.0])
 
     patched = _with_references(flashface, golden, 1.2)
@@ -183,7 +183,7 @@ def test_flashface_run_leaves_caller_model_and_other_models_unchanged(flashface,
     assert torch.equal(_outputs(flashface, golden, [0.0, 0.0]), flashface_before)
     assert repr(flashface.model_options) == repr(options_before)
     assert "flashface" not in flashface.model_options["transformer_options"]
-    assert all(torch.equal(v, state_before[k]) for k, v in flashface.model.state_dict().items())
+    assert all(torch.equal(v.cpu(), state_before[k]) for k, v in flashface.model.state_dict().items())
     assert torch.equal(_plain_eval(plain), plain_before)
 
 
