@@ -1,7 +1,7 @@
 """Time a FlashFace step against the plain SD1.5 step, each speed lever off and on, in one run.
 
     python bench/speed.py [--size 512] [--batch 1] [--refs 4] [--repeats 3] [--steps 2] [--dtype fp16]
-                          [--attention pytorch] [--official PATH_TO_A_CHECKOUT_OF_ali-vilab/FlashFace]
+                          [--attention pytorch] [--each-lever] [--official PATH_TO_A_CHECKOUT_OF_ali-vilab/FlashFace]
 
 Builds the real SD1.5-sized FlashFace architecture with random weights (nothing is
 downloaded) and, under ``torch.inference_mode()`` as ComfyUI's executor runs nodes, times on
