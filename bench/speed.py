@@ -143,7 +143,6 @@ def main(argv=None) -> int:
 
         if args.channels != 320:
             parser.error("--official needs --channels 320: the official code builds its 5-channel input layer at 320 channels")
-
         args.official = check_checkout(args.official)
 
     from flashface_core.comfy_host import import_comfyui
