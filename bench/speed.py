@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             parser.error("--official needs --channels 320: the official code builds its 5-channel input layer at 320 channels")
         args.official = check_checkout(args.official)
 
-    from flashface_core.comfy_host import import_comfyui
+    from flashface_core.tools.host import import_comfyui
 
     import_comfyui()
     import comfy.cli_args
@@ -158,17 +158,20 @@ def main(argv=None) -> int:
     import comfy.utils
     import torch
 
-    from flashface_core import contract, reference_attention
-    from flashface_core.apply import apply_flashface
-    from flashface_core.golden import evaluate_conditions
-    from flashface_core.model import WEIGHT_DTYPES, FlashFaceConfig
-    from flashface_core.references import FlashFaceReferences
-    from flashface_core.sampling import sample
+    from flashface_core import contract
+    from flashface_core.guidance.sampling import sample
+    from flashface_core.injection import wrappers
+    from flashface_core.injection.reference_pass import compute_reference_features
+    from flashface_core.injection.apply import apply_flashface
+    from flashface_core.model.flashface_model import FlashFaceConfig
+    from flashface_core.model.loading import TORCH_DTYPES
+    from flashface_core.model.references import FlashFaceReferences
+    from flashface_core.tools.golden_model import evaluate_conditions
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     device = comfy.model_management.get_torch_device()
     config = FlashFaceConfig(sd15_unet_config(args.channels))
-    dtype = WEIGHT_DTYPES[args.dtype] if args.dtype else comfy.model_management.unet_dtype(model_params=860_000_000)
+    dtype = TORCH_DTYPES[args.dtype] if args.dtype else comfy.model_management.unet_dtype(model_params=860_000_000)
     config.set_inference_dtype(dtype, comfy.model_management.unet_manual_cast(dtype, device))
     if args.official and device.type != "cuda" and dtype != torch.float32:
         raise SystemExit(f"--official on {device.type} runs the official model in float32: leave --dtype out or pass fp32.")
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
     if args.official:
         from official import OfficialStep, build_official_unet, official_attention
 
-        from flashface_core.checkpoint import convert_official
+        from flashface_core.model.key_layout import convert_official
 
         official_unet = build_official_unet(args.official, args.channels, device, seed=0)
         model.load_model_weights(convert_official(official_unet.state_dict())[0])
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
                 parameter.normal_(0.0, 0.02)
     plain = comfy.model_patcher.ModelPatcher(model, device, comfy.model_management.unet_offload_device())
     flashface = plain.clone()
-    reference_attention.install(flashface)
+    wrappers.install(flashface)
 
     latent = args.size // 8
     generator = torch.Generator().manual_seed(1)
@@ -197,14 +200,18 @@ def main(argv=None) -> int:
     mask[latent // 4:3 * latent // 4, latent // 4:3 * latent // 4] = 1.0
     references = FlashFaceReferences(torch.randn(args.refs, 4, 28, 28, generator=generator))
     with_refs = apply_flashface(flashface, references, [[negative, {}]], 1.2)
-    cache = reference_attention.reference_cache(flashface)
+    cache = wrappers.reference_cache(flashface)
+
+    ALL_OFF = contract.SpeedSettings(cache_reference_pass=False, share_encoder=False, merged_attention=False)
+    guidance = contract.GuidanceSettings(text_guidance=TEXT_GUIDANCE, reference_guidance=REFERENCE_GUIDANCE,
+                                         reference_start=REFERENCE_GUIDANCE_START, early_strength=0.85, cfg_rescale=0.0)
 
     def levers(speed):
         patched = with_refs.clone()
         contract.set_speed(patched, speed)
         return patched
 
-    base, first, repeat = levers(contract.ALL_OFF), levers(contract.SpeedSettings(cache_reference_pass=False)), levers(contract.SpeedSettings())
+    base, first, repeat = levers(ALL_OFF), levers(contract.SpeedSettings(cache_reference_pass=False)), levers(contract.SpeedSettings())
     two = ([positive, negative], [0.85, 0.85], 900)  # before reference guidance
     three = ([positive, negative, positive], [0.0, 0.0, 1.2], 500)  # after it starts
 
@@ -215,14 +222,14 @@ def main(argv=None) -> int:
         comfy.model_management.load_models_gpu([with_refs])
         settings = contract.get_settings(with_refs.model_options)
         compute_dtype = model.manual_cast_dtype or model.get_dtype()
-        reference_attention.compute_reference_features(model, settings, torch.tensor([500.0]), device, compute_dtype)
+        compute_reference_features(model, settings, torch.tensor([500.0]), device, compute_dtype)
 
     def run(patcher, first_run):
         def go():
             if first_run:
                 cache.clear()
             sample(patcher, [[positive, {}]], [[negative, {}]], {"samples": torch.zeros_like(x)}, 0, args.steps, "euler",
-                   "trailing", 1.0, TEXT_GUIDANCE, REFERENCE_GUIDANCE, REFERENCE_GUIDANCE_START, 0.85, 0.0, noise=x)
+                   "trailing", 1.0, guidance, noise=x)
         return go
 
     steps = {

@@ -1,26 +1,63 @@
-"""What the FlashFace modules share: option keys, settings and their get/set helpers.
+"""What the FlashFace modules share: every option and condition key, the settings, and their helpers.
 
-The patch module (``reference_attention.py``) reads these; the apply helper, the guider,
-the model and the golden checks write them only through the helpers here, so a key lives
-in one place. Everything here is immutable, so MODEL clones share it instead of copying.
+The injection (``injection/``) and the speed levers (``speed/``) read these; the apply
+helper, the guider and the golden checks write them only through the helpers here, so a
+key lives in one place. Everything here is immutable, so MODEL clones share it instead of
+copying it. This module imports nothing of the pack at run time.
 """
+
+from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from .face_position import FacePosition
-from .references import FlashFaceReferences
+    from .model.face_position import FacePosition
+    from .model.references import FlashFaceReferences
 
-SETTINGS_KEY = "flashface"  # transformer_options: FlashFaceSettings
-SPEED_KEY = "flashface_speed"  # transformer_options: SpeedSettings
-STRENGTHS_KEY = "flashface_strengths"  # transformer_options: {condition index: reference strength}
-FACE_MASK_KEY = "flashface_face_mask"  # a condition: the FacePosition the model's mask channel reads
-REFERENCES_KEY = "flashface_references"  # a condition: the references, for the model's memory estimate
+# model_options["transformer_options"] keys
+SETTINGS_KEY = "flashface"  # FlashFaceSettings, set by ApplyFlashFace
+SPEED_KEY = "flashface_speed"  # SpeedSettings
+STRENGTHS_KEY = "flashface_strengths"  # {condition index: reference strength}, per calc_cond_batch call
+CACHE_KEY = "flashface_reference_cache"  # the ReferenceCache the MODEL's clones share
+RUN_STATE_KEY = "flashface_run_cache"  # the running sample's last reference pass
+INJECTION_STATE_KEY = "flashface_state"  # what one U-Net call's attention patches read
+ATTENTION_INPUT_KEY = "flashface_y"  # y = norm1(x), from attn1_patch to attn1_output_patch of one block
+# The key of the pack's wrappers (APPLY_MODEL, OUTER_SAMPLE, DIFFUSION_MODEL).
+WRAPPER_KEY = "flashface"
+# Condition keys
+FACE_MASK_KEY = "flashface_face_mask"  # the FacePosition the model's mask channel reads
+REFERENCES_KEY = "flashface_references"  # the references, for the model's memory estimate
+
 CACHE_MB_ENV = "FLASHFACE_REFERENCE_CACHE_MB"
 DEFAULT_CACHE_MB = 2048
+
+
+class MenuChoice(str, Enum):
+    """A node menu whose values are the labels saved graphs hold (they never change).
+
+    A member is the string itself (``str()``, f-strings and ``==`` give the label) on every
+    Python ComfyUI runs on.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def checked(cls, value, what: str):
+        """The member for ``value``; a ValueError naming ``what`` and the choices otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"Unknown {what} '{value}'; choose one of {', '.join(m.value for m in cls)}.") from None
 
 
 @dataclass(frozen=True)
@@ -34,6 +71,29 @@ class FlashFaceSettings:
 
     def __deepcopy__(self, memo):
         return self
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """FlashFace's guidance, named as the sampler and guider nodes' inputs are.
+
+    ``text_guidance`` is the CFG scale on the prompt, ``reference_guidance`` the reference
+    guidance from ``reference_start`` of the 1000-step schedule on (0.25: the official
+    t = 750), ``early_strength`` the reference feature strength before that, ``cfg_rescale``
+    the CFG rescale factor.
+    """
+
+    text_guidance: float = 7.5
+    reference_guidance: float = 3.2
+    reference_start: float = 0.25
+    early_strength: float = 0.85
+    cfg_rescale: float = 0.5
+
+    def __post_init__(self):
+        for name in ("text_guidance", "reference_guidance", "reference_start", "early_strength", "cfg_rescale"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if not 0.0 <= self.reference_start <= 1.0:
+            raise ValueError(f"The reference guidance start must be a fraction between 0 and 1, got {self.reference_start}.")
 
 
 def _default_cache_mb() -> int:
@@ -75,9 +135,6 @@ class SpeedSettings:
         return self
 
 
-ALL_OFF = SpeedSettings(cache_reference_pass=False, share_encoder=False, merged_attention=False)
-
-
 def get_settings(model_options: dict) -> FlashFaceSettings | None:
     return model_options.get("transformer_options", {}).get(SETTINGS_KEY)
 
@@ -106,8 +163,3 @@ def with_condition_strengths(model_options: dict, strengths: list[float]) -> dic
 
 def condition_strengths(transformer_options: dict) -> dict:
     return transformer_options.get(STRENGTHS_KEY) or {}
-
-
-def reference_attention_name(block: tuple[str, int], transformer_index: int) -> str:
-    """Module name of the reference attention at ComfyUI's ``transformer_options['block']``."""
-    return f"{block[0]}_{block[1]}_{transformer_index}"

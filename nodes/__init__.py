@@ -1,9 +1,21 @@
-"""ComfyUI node classes of the pack, one file per group; each file exports its mappings."""
+"""The pack's ComfyUI nodes, one file per group, registered as one ComfyUI extension.
 
-from . import apply, loader, references, sampling
+Node classes here are thin: they declare their inputs (V3 schema) and call
+``flashface_core``. Node ids, input names and widget order are those saved graphs hold.
+"""
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (loader, references, apply, sampling):
-    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from .apply_flashface import ApplyFlashFace
+from .encode_faces import FlashFaceEncodeReferenceFaces
+from .loader import LoadFlashFace
+from .sampler import FlashFaceGuider, FlashFaceSampler, FlashFaceScheduler
+
+
+class FlashFaceExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [LoadFlashFace, FlashFaceEncodeReferenceFaces, ApplyFlashFace, FlashFaceSampler, FlashFaceGuider, FlashFaceScheduler]
+
+
+async def comfy_entrypoint() -> FlashFaceExtension:
+    return FlashFaceExtension()

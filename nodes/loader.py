@@ -1,49 +1,42 @@
 """LoadFlashFace: the FlashFace checkpoint as a ComfyUI MODEL."""
 
 import folder_paths
+from comfy_api.v0_0_2 import io
 
-from ..flashface_core import download, model_files, model_paths
-from ..flashface_core.model import WEIGHT_DTYPES, load_flashface
+from ..flashface_core.loader import load_flashface
+from ..flashface_core.model.loading import WeightDtype
+from ..flashface_core.model_files import folders, messages
+from ..flashface_core.model_files.catalog import FLASHFACE
 
 
-class LoadFlashFace:
-    DESCRIPTION = (
-        "Loads FlashFace-SD1.5 (the official flashface.ckpt or a converted .safetensors) from "
-        "models/flashface as a ComfyUI MODEL. Use it with your SD1.5 CLIP and VAE."
-    )
-    CATEGORY = "FlashFace"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The FlashFace U-Net; connect it to ApplyFlashFace, FlashFaceSampler or LoRA loaders.",)
-    FUNCTION = "load"
+class LoadFlashFace(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadFlashFace",
+            display_name="Load FlashFace Model",
+            category="FlashFace",
+            description="Loads FlashFace-SD1.5 (the official flashface.ckpt or a converted .safetensors) from "
+                        "models/flashface as a ComfyUI MODEL. Use it with your SD1.5 CLIP and VAE.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(folders.FLASHFACE), tooltip=(
+                    "A file in models/flashface: flashface.ckpt from the FlashFace-SD1.5 release, "
+                    "or a .safetensors made by `python -m flashface_core.convert`.")),
+                io.Combo.Input("weight_dtype", options=WeightDtype, default=WeightDtype.DEFAULT, tooltip=(
+                    "Weight precision. 'default' lets ComfyUI choose for your device (as for other "
+                    "models); fp16/bf16 halve the memory of fp32.")),
+            ],
+            outputs=[io.Model.Output(tooltip="The FlashFace U-Net; connect it to ApplyFlashFace, FlashFaceSampler or LoRA loaders.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        model_paths.register_model_folders()
-        return {
-            "required": {
-                "ckpt_name": (folder_paths.get_filename_list(model_paths.FLASHFACE), {
-                    "tooltip": "A file in models/flashface: flashface.ckpt from the FlashFace-SD1.5 release, "
-                               "or a .safetensors made by `python -m flashface_core.convert`.",
-                }),
-                "weight_dtype": (list(WEIGHT_DTYPES), {
-                    "default": "default",
-                    "tooltip": "Weight precision. 'default' lets ComfyUI choose for your device (as for other "
-                               "models); fp16/bf16 halve the memory of fp32.",
-                }),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name):
+    def validate_inputs(cls, ckpt_name):
         """A missing file gets what to download and where (this turns off ComfyUI's bare list check for it)."""
-        return model_files.check_in_folder(model_paths.FLASHFACE, ckpt_name, download.FLASHFACE) or True
+        return messages.check_in_folder(folders.FLASHFACE, ckpt_name, FLASHFACE) or True
 
-    def load(self, ckpt_name, weight_dtype):
-        missing = model_files.check_in_folder(model_paths.FLASHFACE, ckpt_name, download.FLASHFACE)
+    @classmethod
+    def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
+        missing = messages.check_in_folder(folders.FLASHFACE, ckpt_name, FLASHFACE)
         if missing:
             raise FileNotFoundError(missing)
-        return (load_flashface(folder_paths.get_full_path(model_paths.FLASHFACE, ckpt_name), weight_dtype),)
-
-
-NODE_CLASS_MAPPINGS = {"LoadFlashFace": LoadFlashFace}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoadFlashFace": "Load FlashFace Model"}
+        return io.NodeOutput(load_flashface(folder_paths.get_full_path(folders.FLASHFACE, ckpt_name), weight_dtype))

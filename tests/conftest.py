@@ -32,7 +32,7 @@ def _register_pack():
 
 _register_pack()
 
-from comfyui_flashface.flashface_core import comfy_host  # noqa: E402
+from comfyui_flashface.flashface_core.tools import host as comfy_host  # noqa: E402
 
 HOST = comfy_host.find_comfyui()
 if os.environ.get("COMFYUI_PATH"):
@@ -86,7 +86,7 @@ def golden_sets():
 
 @pytest.fixture(scope="session")
 def golden_face_sets():
-    from comfyui_flashface.flashface_core.faces import golden
+    from comfyui_flashface.flashface_core.tools import golden_faces as golden
 
     sets = golden.find_golden_sets([GOLDEN_FACES_DIR])
     if not sets:
@@ -104,7 +104,7 @@ def faces_dir():
 @pytest.fixture(scope="module")
 def golden(golden_sets):
     """The first golden set: the tiny FlashFace checkpoint, its inputs and official outputs."""
-    from comfyui_flashface.flashface_core.golden import GoldenSet
+    from comfyui_flashface.flashface_core.tools.golden_model import GoldenSet
 
     return GoldenSet.load(golden_sets[0])
 
@@ -112,6 +112,18 @@ def golden(golden_sets):
 @pytest.fixture(scope="module")
 def flashface(golden):
     """The golden checkpoint loaded through LoadFlashFace's loader in float32 (one per module)."""
-    from comfyui_flashface.flashface_core.model import load_flashface
+    from comfyui_flashface.flashface_core.loader import load_flashface
 
     return load_flashface(golden.checkpoint, "fp32")
+
+
+@pytest.fixture(scope="module")
+def inputs(golden, flashface):
+    from comfyui_flashface.flashface_core.model.references import FlashFaceReferences
+
+    t = golden.tensors
+    return {
+        "references": FlashFaceReferences(flashface.model.latent_format.process_out(t["ref_latents"])),
+        "positive": [[t["cond"], {}]],
+        "negative": [[t["uncond"], {}]],
+    }

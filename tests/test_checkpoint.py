@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_flashface.flashface_core import checkpoint
-from comfyui_flashface.flashface_core.checkpoint import CheckpointError
+from comfyui_flashface.flashface_core.model import checkpoint, key_layout
+from comfyui_flashface.flashface_core.model.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def official(golden_sets):
 
 def test_every_official_tensor_is_converted_once_or_dropped_on_purpose(official):
     path, state_dict = official
-    converted, report = checkpoint.convert_official(state_dict, path)
+    converted, report = key_layout.convert_official(state_dict)
     assert set(report.converted) | set(report.dropped) == set(state_dict)
     assert not set(report.converted) & set(report.dropped)
     assert len(set(report.converted.values())) == len(report.converted) == len(converted)
@@ -32,7 +32,7 @@ def test_every_official_tensor_is_converted_once_or_dropped_on_purpose(official)
 
 def test_layout_of_converted_keys(official):
     _, state_dict = official
-    converted, _ = checkpoint.convert_official(state_dict)
+    converted, _ = key_layout.convert_official(state_dict)
     names = {k.split(".")[1] for k in converted if k.startswith("reference_attention.")}
     assert names == {"middle_0_0"} | {f"output_{i}_0" for i in range(3, 12)}
     assert converted["diffusion_model.input_blocks.0.0.weight"].shape[1] == 5
@@ -61,12 +61,12 @@ def test_layout_of_converted_keys(official):
     ],
 )
 def test_key_mapping(key, expected):
-    assert checkpoint.convert_official_key(key) == expected
+    assert key_layout.convert_official_key(key) == expected
 
 
 def test_pack_safetensors_round_trip(official, tmp_path):
     path, state_dict = official
-    converted, _ = checkpoint.convert_official(state_dict)
+    converted, _ = key_layout.convert_official(state_dict)
     target = tmp_path / "flashface.safetensors"
     save_file({k: v.contiguous() for k, v in converted.items()}, str(target))
     loaded = checkpoint.load_flashface_state_dict(target)
@@ -120,7 +120,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 def test_main_unet_without_mask_channel_is_refused(official, tmp_path):
     _, state_dict = official
-    converted, _ = checkpoint.convert_official(state_dict)
+    converted, _ = key_layout.convert_official(state_dict)
     converted["diffusion_model.input_blocks.0.0.weight"] = converted["diffusion_model.input_blocks.0.0.weight"][:, :4]
     path = tmp_path / "four.safetensors"
     save_file({k: v.contiguous() for k, v in converted.items()}, str(path))
@@ -134,16 +134,16 @@ def test_missing_file():
 def test_converter_writes_the_pack_layout(official, tmp_path):
     from safetensors import safe_open
 
-    from comfyui_flashface.flashface_core import convert
+    from comfyui_flashface.flashface_core.tools import converter as convert
 
     source, state_dict = official
     target = tmp_path / "flashface.safetensors"
     assert convert.main([str(source), str(target), "--dtype", "fp16"]) == 0
     with safe_open(str(target), framework="pt") as f:
-        assert f.metadata()["flashface_format"] == checkpoint.PACK_FORMAT
+        assert f.metadata()["flashface_format"] == key_layout.PACK_FORMAT
         keys = set(f.keys())
         assert {f.get_tensor(k).dtype for k in keys} == {torch.float16}
-    converted, _ = checkpoint.convert_official(state_dict)
+    converted, _ = key_layout.convert_official(state_dict)
     assert keys == set(converted)
     reloaded = checkpoint.load_flashface_state_dict(target)
     assert all(torch.equal(reloaded[k], converted[k].half()) for k in converted)
@@ -155,7 +155,7 @@ def test_converter_writes_the_pack_layout(official, tmp_path):
 
 
 def test_converter_names_a_foreign_file(tmp_path, capsys):
-    from comfyui_flashface.flashface_core import convert
+    from comfyui_flashface.flashface_core.tools import converter as convert
 
     source = tmp_path / "lora.safetensors"
     save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(source))

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_flashface.flashface_core import download
-from comfyui_flashface.flashface_core.download import DownloadError, ModelFile
+from comfyui_flashface.flashface_core.model_files import catalog
+from comfyui_flashface.flashface_core.model_files.catalog import ModelFile
+from comfyui_flashface.flashface_core.tools import downloader as download
+from comfyui_flashface.flashface_core.tools.downloader import DownloadError
 
 PACK = Path(__file__).resolve().parents[1]
 GUIDE = PACK / "models" / "README.md"
@@ -67,7 +69,7 @@ def test_dry_run_lists_what_the_model_guide_lists_and_fetches_nothing(tmp_path, 
     for name, entry in listing.items():
         assert entry["destination"] == str(tmp_path / entry["folder"])
         assert {key: entry[key] for key in ("url", "folder", "size", "sha256")} == guide[name]
-    total = download.human_size(sum(entry["size"] for entry in guide.values()))
+    total = catalog.human_size(sum(entry["size"] for entry in guide.values()))
     assert f"3 of 3 files to download, {total} in all." in out
     assert list(tmp_path.iterdir()) == []
 
@@ -75,10 +77,10 @@ def test_dry_run_lists_what_the_model_guide_lists_and_fetches_nothing(tmp_path, 
 def test_the_guides_show_each_size_as_huggingface_co_does():
     text = GUIDE.read_text(encoding="utf-8")
     readme_rows = [line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith("| `")]
-    for file in download.FILES:
-        assert f"{download.human_size(file.size)} ({file.size:,} bytes)" in text
+    for file in catalog.FILES:
+        assert f"{catalog.human_size(file.size)} ({file.size:,} bytes)" in text
         row = next(line for line in readme_rows if line.startswith(f"| `{file.filename}`"))
-        assert f"| {download.human_size(file.size)} | `models/{file.folder}/`" in row
+        assert f"| {catalog.human_size(file.size)} | `models/{file.folder}/`" in row
 
 
 def test_a_selected_file_lands_in_its_comfyui_folder(tmp_path, monkeypatch):
@@ -103,9 +105,9 @@ def test_the_windows_portable_line_works_in_isolated_mode(tmp_path):
 
 
 def test_selection_flags():
-    assert download.select_files(sd15=False, detector_only=False) == [download.FLASHFACE, download.DETECTOR]
-    assert download.select_files(sd15=True, detector_only=False) == list(download.FILES)
-    assert download.select_files(sd15=False, detector_only=True) == [download.DETECTOR]
+    assert download.select_files(sd15=False, detector_only=False) == [catalog.FLASHFACE, catalog.DETECTOR]
+    assert download.select_files(sd15=True, detector_only=False) == list(catalog.FILES)
+    assert download.select_files(sd15=False, detector_only=True) == [catalog.DETECTOR]
 
 
 def _small_file(content=b"flashface weights" * 100) -> ModelFile:
@@ -169,7 +171,7 @@ def test_no_network_gives_a_clear_error_and_no_file_under_the_final_name(tmp_pat
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     assert download.main(["--models-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "\nerror: Could not download flashface.ckpt from " + download.FLASHFACE.url in "\n" + err
+    assert "\nerror: Could not download flashface.ckpt from " + catalog.FLASHFACE.url in "\n" + err
     assert "run the command again: it resumes" in err
     assert not (tmp_path / "flashface" / "flashface.ckpt").exists()
     assert not (tmp_path / "facedetection" / "retinaface_resnet50.pth").exists()
@@ -183,11 +185,11 @@ def test_a_file_already_in_place_is_not_downloaded_again_but_a_wrong_sized_one_i
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(b"", []))
     folder = tmp_path / "facedetection"
     folder.mkdir()
-    (folder / download.DETECTOR.filename).write_bytes(b"too short")
+    (folder / catalog.DETECTOR.filename).write_bytes(b"too short")
     assert download.main(["--detector", "--models-dir", str(tmp_path)]) == 1
     assert "Delete or rename it" in capsys.readouterr().err
     assert download.main(["--detector", "--dry-run", "--models-dir", str(tmp_path)]) == 0
-    assert f"already there: {folder / download.DETECTOR.filename}" in capsys.readouterr().out
+    assert f"already there: {folder / catalog.DETECTOR.filename}" in capsys.readouterr().out
 
 
 @pytest.mark.host
@@ -211,7 +213,7 @@ def test_folders_are_comfyuis_and_an_is_default_extra_path_comes_first(tmp_path,
     folders = download.ModelFolders(extra_configs=(yaml,))
     assert folders.destination("flashface") == shared / "flashface"
     # The detector is also found where the pack looks for it besides models/facedetection.
-    assert folders.existing(download.DETECTOR) == shared / "flashface" / "retinaface_resnet50.pth"
+    assert folders.existing(catalog.DETECTOR) == shared / "flashface" / "retinaface_resnet50.pth"
 
 
 def test_missing_huggingface_hub_is_a_clear_error(tmp_path, monkeypatch):

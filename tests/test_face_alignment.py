@@ -101,7 +101,7 @@ def test_empty_box_is_an_error():
 
 def test_face_box_mask_worked_example():
     """[0.3, 0.2, 0.6, 0.5] at 768x768: pixels x 230.., y 153.., side max(230, 231) = 231, every 8th pixel."""
-    from comfyui_flashface.flashface_core.face_position import face_box_mask
+    from comfyui_flashface.flashface_core.model.face_position import face_box_mask
 
     mask = face_box_mask((0.3, 0.2, 0.6, 0.5), 96, 96)
     rows, cols = mask.nonzero(as_tuple=True)

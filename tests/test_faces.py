@@ -18,10 +18,11 @@ from PIL import Image
 
 from comfyui_flashface.flashface_core.faces import alignment as face_alignment
 from comfyui_flashface.flashface_core.faces import detection as face_detection
-from comfyui_flashface.flashface_core.faces import references as face_references
-from comfyui_flashface.flashface_core.references import FlashFaceReferences
+from comfyui_flashface.flashface_core.faces import encoding as face_references
+from comfyui_flashface.flashface_core.model.references import FlashFaceReferences
+from comfyui_flashface.flashface_core.faces.choices import Detector, FaceChoice, NoFace, Straighten
 
-CENTERFACE = face_detection.CENTERFACE
+CENTERFACE = Detector.CENTERFACE
 PHOTOS = sorted(["age/1.png", "age/2.png", "age/3.png", "avatar.png", "eren_jaeger.png", "snow_white.png"]
                 + [f"{group}/{i}.png" for group in ("man_face", "woman_face") for i in range(1, 5)]
                 + [f"details_face/{i}.jpeg" for i in range(1, 5)])
@@ -135,7 +136,7 @@ def test_straighten_setting_chooses_the_passes(faces_dir, monkeypatch):
     face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, threshold=0.5)
     assert len(calls) == 1  # auto: CenterFace detects again
     face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, threshold=0.5,
-                                           straighten=face_references.STRAIGHTEN_ONCE)
+                                           straighten=Straighten.ONCE)
     assert len(calls) == 1
 
 @needs_centerface
@@ -162,13 +163,13 @@ def test_several_faces_policies(faces_dir):
     images = torch.from_numpy(np.asarray(pair).astype(np.float32) / 255)[None]
 
     with pytest.raises(ValueError, match="Reference image 0 holds 2 faces"):
-        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.ERROR_IF_SEVERAL)
+        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, FaceChoice.ERROR_IF_SEVERAL)
     with pytest.raises(ValueError, match="no face index 2"):
-        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.BY_INDEX, 2)
+        face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, FaceChoice.BY_INDEX, 2)
 
     _, largest = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE)
-    _, first = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.BY_INDEX, 0)
-    _, second = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, face_references.BY_INDEX, 1)
+    _, first = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, FaceChoice.BY_INDEX, 0)
+    _, second = face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, FaceChoice.BY_INDEX, 1)
     torch.testing.assert_close(largest, first)  # the woman on the left is the larger face
     assert not torch.equal(first, second)
 
@@ -185,13 +186,13 @@ def test_image_without_face_errors_or_is_skipped(faces_dir, caplog):
 
     with caplog.at_level(logging.WARNING):
         references, crops = face_references.encode_reference_faces(
-            StandInVAE(), images, CENTERFACE, no_face=face_references.NO_FACE_SKIP, fill_to_four=False
+            StandInVAE(), images, CENTERFACE, no_face=NoFace.SKIP, fill_to_four=False
         )
     assert len(references) == 1 and crops.shape[0] == 1
     assert "reference image 1" in caplog.text and "Skipping" in caplog.text
 
     with pytest.raises(ValueError, match="No face found in any of the 1 reference images"):
-        face_references.encode_reference_faces(StandInVAE(), blank, CENTERFACE, no_face=face_references.NO_FACE_SKIP)
+        face_references.encode_reference_faces(StandInVAE(), blank, CENTERFACE, no_face=NoFace.SKIP)
 
 
 # Pre-cropped faces, channels, filling, chaining
@@ -202,7 +203,7 @@ def test_pre_cropped_images_are_letterboxed_to_224(channels):
     images = torch.rand(2, 128, 96, channels)
     vae = StandInVAE()
     references, crops = face_references.encode_reference_faces(
-        vae, images, face_references.PRE_CROPPED, fill_to_four=False
+        vae, images, Detector.PRE_CROPPED, fill_to_four=False
     )
     assert len(references) == 2 and crops.shape == (2, 224, 224, 3)
     assert crops[:, :, :28].max() == 0 and crops[:, :, 196:].max() == 0
@@ -220,10 +221,10 @@ def test_fill_cycles_in_order_and_never_cuts():
 
 def test_chained_references_come_first_and_fill_once_at_the_end():
     first, _ = face_references.encode_reference_faces(
-        StandInVAE(), torch.zeros(1, 64, 64, 3), face_references.PRE_CROPPED
+        StandInVAE(), torch.zeros(1, 64, 64, 3), Detector.PRE_CROPPED
     )
     both, _ = face_references.encode_reference_faces(
-        StandInVAE(), torch.ones(1, 80, 64, 3), face_references.PRE_CROPPED, previous=first
+        StandInVAE(), torch.ones(1, 80, 64, 3), Detector.PRE_CROPPED, previous=first
     )
     assert first.fill_to == 4 and first.model_latents()[:, 0, 14, 14].tolist() == [0, 0, 0, 0]
     assert both.latents[:, 0, 14, 14].tolist() == [0, 1]  # fill on by default on both nodes: no early repeats
@@ -260,7 +261,7 @@ def test_bad_images_are_refused_clearly(no_detector, images, message):
 
 def test_half_precision_images_are_accepted(no_detector):
     _, crops = face_references.encode_reference_faces(
-        StandInVAE(), torch.rand(1, 100, 100, 3).half(), face_references.PRE_CROPPED
+        StandInVAE(), torch.rand(1, 100, 100, 3).half(), Detector.PRE_CROPPED
     )
     assert crops.shape == (1, 224, 224, 3)
 
@@ -369,7 +370,7 @@ def test_insightface_backend_on_a_stand_in_face_analysis(monkeypatch):
 def test_real_insightface_pack_when_installed(faces_dir):
     if importlib.util.find_spec("insightface") is None:
         pytest.skip("insightface is not installed")
-    from comfyui_flashface.flashface_core import model_paths
+    from comfyui_flashface.flashface_core.model_files import folders as model_paths
 
     roots = model_paths.insightface_roots()
     packs = [p for p in face_detection.INSIGHTFACE_PACKS if _has_pack(p, roots)]
@@ -410,12 +411,13 @@ def small_vae():
 @pytest.mark.host
 @needs_centerface
 def test_node_from_photo_files_to_references(faces_dir, small_vae):
-    from comfyui_flashface.nodes.references import NODE_CLASS_MAPPINGS
+    from comfyui_flashface.nodes.encode_faces import FlashFaceEncodeReferenceFaces
 
-    node_class = NODE_CLASS_MAPPINGS["FlashFaceEncodeReferenceFaces"]
-    run = getattr(node_class(), node_class.FUNCTION)
-    options = dict(detector=CENTERFACE, face_choice=face_references.LARGEST, face_index=0,
-                   no_face=face_references.NO_FACE_ERROR, threshold=0.5)
+    def run(**inputs):
+        return FlashFaceEncodeReferenceFaces.execute(**inputs).result
+
+    options = dict(detector=CENTERFACE, face_choice=FaceChoice.LARGEST, face_index=0,
+                   no_face=NoFace.ERROR, threshold=0.5)
     man, man_crops = run(vae=small_vae, images=load_image(faces_dir / "man_face/2.png"), fill_to_four=False, **options)
     both, woman_crops = run(vae=small_vae, images=load_image(faces_dir / "woman_face/1.png"), fill_to_four=True,
                             references=man, **options)
@@ -428,18 +430,3 @@ def test_node_from_photo_files_to_references(faces_dir, small_vae):
     torch.testing.assert_close(both.latents[0], man.latents[0])
     torch.testing.assert_close(both.latents[1], small_vae.encode(woman_crops)[0].float())
     torch.testing.assert_close(both.model_latents()[2:], both.latents)
-
-
-@pytest.mark.host
-def test_node_declares_tooltips_and_outputs():
-    from comfyui_flashface.nodes.references import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-    assert NODE_CLASS_MAPPINGS.keys() == NODE_DISPLAY_NAME_MAPPINGS.keys()
-    for node in NODE_CLASS_MAPPINGS.values():
-        spec = node.INPUT_TYPES()
-        for section in spec.values():
-            for name, (_, options) in section.items():
-                assert options.get("tooltip"), name
-        assert len(node.OUTPUT_TOOLTIPS) == len(node.RETURN_TYPES) == len(node.RETURN_NAMES)
-        assert node.CATEGORY == "FlashFace" and node.DESCRIPTION
-        assert node.RETURN_TYPES[0] == "FLASHFACE_REFERENCES"

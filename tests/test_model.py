@@ -11,19 +11,20 @@ import pytest
 import torch
 
 from conftest import HOST, ROOT
+from model_helpers import plain_eval, plain_sd15_model
 
 pytestmark = pytest.mark.host
 
 
 
 def _with_references(model, golden, strength):
-    from comfyui_flashface.flashface_core.golden import with_golden_references
+    from comfyui_flashface.flashface_core.tools.golden_model import with_golden_references
 
     return with_golden_references(model, golden, strength)
 
 
 def _outputs(model, golden, strengths, timestep=900):
-    from comfyui_flashface.flashface_core.golden import evaluate_conditions
+    from comfyui_flashface.flashface_core.tools.golden_model import evaluate_conditions
 
     t = golden.tensors
     return torch.cat(evaluate_conditions(model, t["x"], timestep, [t["cond"], t["uncond"]], strengths, t["mask"]))
@@ -84,7 +85,7 @@ def test_per_condition_strength_follows_cond_index(flashface, golden):
     """Swapping which condition gets the references swaps the outputs' reference effect."""
     model = _with_references(flashface, golden, 1.0)
     t = golden.tensors
-    from comfyui_flashface.flashface_core.golden import evaluate_conditions
+    from comfyui_flashface.flashface_core.tools.golden_model import evaluate_conditions
 
     first = evaluate_conditions(model, t["x"], 500, [t["cond"], t["cond"]], [1.2, 0.0], t["mask"])
     second = evaluate_conditions(model, t["x"], 500, [t["cond"], t["cond"]], [0.0, 1.2], t["mask"])
@@ -98,8 +99,8 @@ def test_half_precision_weights_stay_close(golden, weight_dtype, dtype, bar, mon
 
     # Compute in the weights' dtype, as on a GPU (on the CPU ComfyUI would cast to fp32).
     monkeypatch.setattr(comfy.model_management, "unet_manual_cast", lambda *args, **kwargs: None)
-    from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
-    from comfyui_flashface.flashface_core.model import load_flashface
+    from comfyui_flashface.flashface_core.tools.golden_model import relative_error, unet_outputs, with_golden_references
+    from comfyui_flashface.flashface_core.loader import load_flashface
 
     model = with_golden_references(load_flashface(golden.checkpoint, weight_dtype), golden)
     assert model.model.get_dtype() == dtype and model.model.manual_cast_dtype is None
@@ -115,9 +116,9 @@ def test_load_flashface_node_reads_the_model_folder(golden, tmp_path):
     import folder_paths
     from safetensors.torch import save_file
 
-    from comfyui_flashface.flashface_core.checkpoint import CheckpointError
-    from comfyui_flashface.flashface_core.model import is_flashface_model
-    from comfyui_flashface.flashface_core.model_paths import FLASHFACE, register_model_folders
+    from comfyui_flashface.flashface_core.model.checkpoint import CheckpointError
+    from comfyui_flashface.flashface_core.model.loading import is_flashface_model
+    from comfyui_flashface.flashface_core.model_files.folders import FLASHFACE, register_model_folders
     from comfyui_flashface.nodes.loader import LoadFlashFace
 
     register_model_folders()
@@ -125,54 +126,23 @@ def test_load_flashface_node_reads_the_model_folder(golden, tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(tmp_path / "sd15.safetensors"))
     folder_paths.add_model_folder_path(FLASHFACE, str(tmp_path))
     try:
-        names = LoadFlashFace.INPUT_TYPES()["required"]["ckpt_name"][0]
+        names = LoadFlashFace.INPUT_TYPES()["required"]["ckpt_name"][1]["options"]
         assert {"flashface_tiny.ckpt", "sd15.safetensors"} <= set(names)
-        (model,) = LoadFlashFace().load("flashface_tiny.ckpt", "fp32")
+        (model,) = LoadFlashFace.execute(ckpt_name="flashface_tiny.ckpt", weight_dtype="fp32").result
         assert is_flashface_model(model)
         with pytest.raises(CheckpointError, match="sd15.safetensors is a Stable Diffusion checkpoint"):
-            LoadFlashFace().load("sd15.safetensors", "default")
+            LoadFlashFace.execute(ckpt_name="sd15.safetensors", weight_dtype="default")
         with pytest.raises(FileNotFoundError):
-            LoadFlashFace().load("missing.ckpt", "default")
+            LoadFlashFace.execute(ckpt_name="missing.ckpt", weight_dtype="default")
     finally:
         folder_paths.folder_names_and_paths[FLASHFACE][0].remove(str(tmp_path))
 
 
-def _plain_sd15_model():
-    """A small plain SD1.5-layout model, to show FlashFace leaves other models alone."""
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = comfy.supported_models.SD15({
-        "model_channels": 32, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1, 1, 1],
-        "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 0], "transformer_depth_output": [1, 1, 1, 1, 1, 1, 0, 0],
-        "transformer_depth_middle": 1, "context_dim": 768, "use_linear_in_transformer": False,
-        "adm_in_channels": None, "use_temporal_attention": False, "use_spatial_transformer": True, "legacy": False,
-        "use_temporal_resblock": False, "image_size": 32, "use_checkpoint": False,
-    })
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.05)
-    return comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
-
-
-@torch.no_grad()
-def _plain_eval(patcher):
-    import comfy.model_management
-
-    comfy.model_management.load_models_gpu([patcher])
-    device = patcher.load_device
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)).to(device)
-    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2)).to(device)
-    return patcher.model.apply_model(x, torch.tensor([1.0], device=device), c_crossattn=context)
 
 
 def test_flashface_run_leaves_caller_model_and_other_models_unchanged(flashface, golden):
-    plain = _plain_sd15_model()
-    plain_before = _plain_eval(plain)
+    plain = plain_sd15_model()
+    plain_before = plain_eval(plain)
     options_before = copy.deepcopy(flashface.model_options)
     state_before = {k: v.cpu().clone() for k, v in flashface.model.state_dict().items()}  # wherever ComfyUI keeps them
     flashface_before = _outputs(flashface, golden, [0.0, 0.0])
@@ -184,7 +154,7 @@ def test_flashface_run_leaves_caller_model_and_other_models_unchanged(flashface,
     assert repr(flashface.model_options) == repr(options_before)
     assert "flashface" not in flashface.model_options["transformer_options"]
     assert all(torch.equal(v.cpu(), state_before[k]) for k, v in flashface.model.state_dict().items())
-    assert torch.equal(_plain_eval(plain), plain_before)
+    assert torch.equal(plain_eval(plain), plain_before)
 
 
 def test_clones_share_reference_data_instead_of_copying(flashface, golden):
@@ -198,7 +168,7 @@ def test_clones_share_reference_data_instead_of_copying(flashface, golden):
 
 
 def test_loading_twice_builds_fresh_models(golden):
-    from comfyui_flashface.flashface_core.model import load_flashface
+    from comfyui_flashface.flashface_core.loader import load_flashface
 
     first = load_flashface(golden.checkpoint, "fp32")
     with torch.no_grad():
@@ -210,7 +180,7 @@ def test_loading_twice_builds_fresh_models(golden):
 
 
 def test_reference_latents_must_fit():
-    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+    from comfyui_flashface.flashface_core.model.references import FlashFaceReferences
 
     with pytest.raises(ValueError, match="4 channels"):
         FlashFaceReferences(torch.zeros(2, 16, 28, 28))
@@ -221,16 +191,16 @@ def test_reference_latents_must_fit():
 
 
 def test_apply_refuses_a_model_that_is_not_flashface(golden):
-    from comfyui_flashface.flashface_core.apply import apply_flashface
-    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+    from comfyui_flashface.flashface_core.injection.apply import apply_flashface
+    from comfyui_flashface.flashface_core.model.references import FlashFaceReferences
 
     with pytest.raises(ValueError, match="needs the MODEL from LoadFlashFace"):
-        apply_flashface(_plain_sd15_model(), FlashFaceReferences(torch.zeros(1, 4, 28, 28)), [[golden.tensors["uncond"], {}]], 1.0)
+        apply_flashface(plain_sd15_model(), FlashFaceReferences(torch.zeros(1, 4, 28, 28)), [[golden.tensors["uncond"], {}]], 1.0)
 
 
 def test_every_reference_attention_block_is_patched_in_each_call(flashface, golden, monkeypatch):
     """The middle block is ("middle", 0): packs that patched ("middle", 1) silently never ran there."""
-    from comfyui_flashface.flashface_core import reference_attention
+    from comfyui_flashface.flashface_core.injection import reference_attention
 
     seen = []
 
@@ -250,8 +220,8 @@ def test_every_reference_attention_block_is_patched_in_each_call(flashface, gold
 def test_pack_file_with_wrong_shapes_is_named(golden, tmp_path):
     from safetensors.torch import save_file
 
-    from comfyui_flashface.flashface_core import checkpoint
-    from comfyui_flashface.flashface_core.model import load_flashface
+    from comfyui_flashface.flashface_core.model import checkpoint
+    from comfyui_flashface.flashface_core.loader import load_flashface
 
     state_dict = checkpoint.load_flashface_state_dict(golden.checkpoint)
     key = "reference_attention.output_5_0.to_q.weight"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_flashface.flashface_core import download
+from comfyui_flashface.flashface_core.model_files import catalog as download
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))

@@ -6,6 +6,7 @@ them almost anywhere at the official 0.6, never on flat grey above 0.99): the pa
 checked, against what the official code computed on the same weights.
 """
 
+import inspect
 import json
 import os
 import subprocess
@@ -19,10 +20,12 @@ from conftest import GOLDEN_FACES_DIR, HOST, ROOT
 from PIL import Image
 from safetensors.torch import load_file
 
-from comfyui_flashface.flashface_core.faces import golden as faces_golden
-from comfyui_flashface.flashface_core.faces import references as face_references
+from comfyui_flashface.flashface_core.tools import golden_faces as faces_golden
+from comfyui_flashface.flashface_core.faces import encoding as face_references
 from comfyui_flashface.flashface_core.faces import retinaface
-from comfyui_flashface.flashface_core.faces.detection import RETINAFACE
+from comfyui_flashface.flashface_core.faces.choices import Detector, FaceChoice, NoFace, Straighten
+
+RETINAFACE = Detector.RETINAFACE
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +188,7 @@ def model_folders(tmp_path, monkeypatch):
     """Empty flashface and facedetection model folders in place of the host's."""
     import folder_paths
 
-    from comfyui_flashface.flashface_core import model_paths
+    from comfyui_flashface.flashface_core.model_files import folders as model_paths
 
     model_paths.register_model_folders()
     folders = {}
@@ -253,7 +256,7 @@ def test_the_default_detector_needs_no_onnx_package(installed_weights, monkeypat
 
     for name in ("onnx", "onnxruntime", "insightface"):
         monkeypatch.setitem(sys.modules, name, None)  # any import of them fails
-    assert face_references.DEFAULT_DETECTOR == RETINAFACE
+    assert inspect.signature(face_references.encode_reference_faces).parameters["detector"].default == RETINAFACE
     detection.load_detector(RETINAFACE).detect(np.zeros((96, 96, 3), dtype=np.uint8), 0.99)
 
 

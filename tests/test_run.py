@@ -17,7 +17,7 @@ import pytest
 from conftest import FACES_DIR, HOST, ROOT
 from PIL import Image
 
-from comfyui_flashface.flashface_core import download
+from comfyui_flashface.flashface_core.model_files import catalog as download
 
 pytestmark = pytest.mark.host
 TIMEOUT = 600
@@ -127,10 +127,10 @@ def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
 def definitions():
     """The encoder's definition: all the reference mapping reads. (ComfyUI's nodes module stays unimported:
     it puts comfy/ on sys.path, where comfy/utils.py shadows ComfyUI's utils package for later tests.)"""
-    from comfyui_flashface.flashface_core import workflow_api
-    from comfyui_flashface.nodes.references import EncodeReferenceFaces
+    from comfyui_flashface.flashface_core.tools import workflow_api
+    from comfyui_flashface.nodes.encode_faces import FlashFaceEncodeReferenceFaces
 
-    return {"FlashFaceEncodeReferenceFaces": workflow_api.node_def("FlashFaceEncodeReferenceFaces", EncodeReferenceFaces.INPUT_TYPES())}
+    return {"FlashFaceEncodeReferenceFaces": workflow_api.node_def("FlashFaceEncodeReferenceFaces", FlashFaceEncodeReferenceFaces.INPUT_TYPES())}
 
 
 def chained_encoders() -> dict:
@@ -144,7 +144,7 @@ def chained_encoders() -> dict:
 
 
 def reference_images(prompt: dict, definitions) -> list[tuple[str, str]]:
-    from comfyui_flashface.flashface_core import run
+    from comfyui_flashface.flashface_core.tools import runner as run
 
     return [(f"{encoder}.{name}", prompt[source]["inputs"]["image"]) for encoder, name, source in
             run.reference_slots(prompt, definitions) if source]
@@ -156,7 +156,7 @@ def reference_images(prompt: dict, definitions) -> list[tuple[str, str]]:
     (["p1", "p2", "p3"], [("2.images", "p1"), ("2.image_2", "p3"), ("4.images", "p2")]),  # a free optional input
 ])
 def test_references_fill_the_graphs_photo_inputs_in_reading_order(definitions, photos, expected):
-    from comfyui_flashface.flashface_core import run
+    from comfyui_flashface.flashface_core.tools import runner as run
 
     prompt = chained_encoders()
     run.place_references(prompt, definitions, photos)
@@ -164,7 +164,7 @@ def test_references_fill_the_graphs_photo_inputs_in_reading_order(definitions, p
 
 
 def test_unused_optional_photo_inputs_are_disconnected(definitions):
-    from comfyui_flashface.flashface_core import run
+    from comfyui_flashface.flashface_core.tools import runner as run
 
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
               "2": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
@@ -176,7 +176,7 @@ def test_unused_optional_photo_inputs_are_disconnected(definitions):
 
 
 def test_prompts_reach_the_text_encoders_through_conditioning_nodes():
-    from comfyui_flashface.flashface_core import run
+    from comfyui_flashface.flashface_core.tools import runner as run
 
     prompt = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "old", "clip": ["9", 1]}},
               "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "old negative", "clip": ["9", 1]}},
@@ -192,7 +192,7 @@ def test_prompts_reach_the_text_encoders_through_conditioning_nodes():
 
 
 def test_the_photo_to_change_is_the_one_load_image_besides_the_references(definitions):
-    from comfyui_flashface.flashface_core import run
+    from comfyui_flashface.flashface_core.tools import runner as run
 
     prompt = json.loads((ROOT / "workflows" / "api" / "flashface_face_inpaint.json").read_text())
     (photo,) = run.other_load_images(prompt, definitions)
@@ -209,3 +209,21 @@ def test_a_node_that_fails_gives_its_message_and_exit_status_1(models, tmp_path)
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert "(FlashFaceEncodeReferenceFaces) failed: " in line and "16x16" in line, result.stderr
+
+
+def test_the_runner_holds_the_pack_once_as_comfyui_loads_it(models, photos, tmp_path):
+    """The runner runs from the copy of the pack that ComfyUI imports to register its nodes, so there is
+    one set of module state (the detector, the caches), as in the server."""
+    args = ["from_photos", "--ref", str(photos[0]), "--prompt", "a man", "--steps", "1", "--width", "64",
+            "--height", "64", "--out", str(tmp_path / "out"), "--extra-model-paths-config", str(models), "--no-custom-nodes"]
+    pack = str(ROOT).replace(".", "_x_")  # the module name ComfyUI gives a custom node folder
+    script = ("import json, sys; import flashface_core.run as command; code = command.main(sys.argv[1:]); "
+              f"print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in ('flashface_core', {pack!r}))]))")
+    env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    code, modules = json.loads(result.stdout.strip().splitlines()[-1])
+    assert code == 0, result.stderr[-3000:]
+    assert {m for m in modules if m.startswith("flashface_core")} == {"flashface_core", "flashface_core.run"}
+    assert {f"{pack}.nodes", f"{pack}.flashface_core.tools.runner", f"{pack}.flashface_core.loader"} <= set(modules)

@@ -3,44 +3,17 @@ nodes, LoRAs, masks, interrupts and bad input. Runs the tiny golden model on sma
 
 import pytest
 import torch
-from random_controlnet import apply_random_controlnet
+from model_helpers import GUIDANCE, LATENT, apply_random_controlnet, lora_file, plain_sd15_model, run_sampler
 
 pytestmark = pytest.mark.host
 
-LATENT = (1, 4, 8, 8)
-GUIDANCE = dict(text_guidance=7.5, reference_guidance=3.2, reference_start=0.25, early_strength=0.85, cfg_rescale=0.5)
 
-
-@pytest.fixture(scope="module")
-def inputs(golden, flashface):
-    from comfyui_flashface.flashface_core.references import FlashFaceReferences
-
-    t = golden.tensors
-    return {
-        "references": FlashFaceReferences(flashface.model.latent_format.process_out(t["ref_latents"])),
-        "positive": [[t["cond"], {}]],
-        "negative": [[t["uncond"], {}]],
-    }
-
-
-def run_sampler(model, inputs, latent=None, seed=0, steps=3, sampler_name="euler", scheduler="trailing", denoise=1.0,
-                box=(0.0, 0.0, 0.0, 0.0), face_mask=None, **overrides):
-    from comfyui_flashface.nodes.sampling import FlashFaceSampler
-
-    latent = latent if latent is not None else {"samples": torch.zeros(LATENT)}
-    args = {**GUIDANCE, **overrides}
-    (out,) = FlashFaceSampler().sample(
-        model, inputs["references"], inputs["positive"], inputs["negative"], latent, seed, steps, sampler_name,
-        scheduler, denoise, 1.2, args["text_guidance"], args["reference_guidance"], args["reference_start"],
-        args["early_strength"], args["cfg_rescale"], *box, face_mask=face_mask,
-    )
-    return out["samples"]
 
 
 def test_trailing_schedule_matches_the_official_timesteps(golden_sets, flashface):
     import json
 
-    from comfyui_flashface.flashface_core.sampling import calculate_sigmas
+    from comfyui_flashface.flashface_core.guidance.schedules import calculate_sigmas
 
     model_sampling = flashface.model.model_sampling
     for path in golden_sets:
@@ -58,7 +31,7 @@ def test_unet_timesteps_match_the_official_sampler_at_every_step_count(flashface
 
     from conftest import GOLDEN_STEPS_DIR
 
-    from comfyui_flashface.flashface_core.sampling import calculate_sigmas
+    from comfyui_flashface.flashface_core.guidance.schedules import calculate_sigmas
 
     table = GOLDEN_STEPS_DIR / "official_timesteps.json"
     if not table.is_file():
@@ -127,7 +100,7 @@ def test_interrupt_then_clean_run_equals_fresh_run(flashface, inputs, monkeypatc
     import comfy.model_management
     import latent_preview
 
-    from comfyui_flashface.flashface_core.reference_attention import RUN_CACHE_KEY
+    from comfyui_flashface.flashface_core.contract import RUN_STATE_KEY as RUN_CACHE_KEY
 
     fresh = run_sampler(flashface, inputs, seed=7, steps=4)
     original = latent_preview.prepare_callback
@@ -164,17 +137,17 @@ def test_previews_and_progress_are_reported_every_step(flashface, inputs, monkey
 
 
 def test_reference_pass_runs_once_per_step(flashface, inputs, monkeypatch):
-    from comfyui_flashface.flashface_core import reference_attention
+    from comfyui_flashface.flashface_core.injection import reference_pass, wrappers
 
     calls = []
-    original = reference_attention.compute_reference_features
+    original = reference_pass.compute_reference_features
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(reference_attention, "compute_reference_features", counting)
-    reference_attention.reference_cache(flashface).clear()  # earlier tests' runs would serve these steps
+    monkeypatch.setattr(reference_pass, "compute_reference_features", counting)
+    wrappers.reference_cache(flashface).clear()  # earlier tests' runs would serve these steps
     run_sampler(flashface, inputs, steps=4, latent={"samples": torch.zeros(2, 4, 8, 8)})
     assert len(calls) == 4
 
@@ -188,7 +161,7 @@ def test_every_comfyui_sampler_runs_a_step(flashface, inputs):
 
 
 def test_every_scheduler_gives_a_schedule(flashface):
-    from comfyui_flashface.flashface_core.sampling import SCHEDULERS, calculate_sigmas
+    from comfyui_flashface.flashface_core.guidance.schedules import SCHEDULERS, calculate_sigmas
 
     for name in SCHEDULERS:
         sigmas = calculate_sigmas(flashface.model.model_sampling, name, 6, 0.5)
@@ -199,10 +172,11 @@ def test_stock_sampler_nodes_run_with_apply_flashface(flashface, inputs):
     import nodes
     from comfy_extras.nodes_custom_sampler import KSamplerSelect, Noise_RandomNoise, SamplerCustomAdvanced
 
-    from comfyui_flashface.nodes.apply import ApplyFlashFace
-    from comfyui_flashface.nodes.sampling import FlashFaceGuider, FlashFaceScheduler
+    from comfyui_flashface.nodes.apply_flashface import ApplyFlashFace
+    from comfyui_flashface.nodes.sampler import FlashFaceGuider, FlashFaceScheduler
 
-    (patched,) = ApplyFlashFace().apply(flashface, inputs["references"], inputs["negative"], 1.0, 0.3, 0.2, 0.6, 0.5)
+    (patched,) = ApplyFlashFace.execute(model=flashface, references=inputs["references"], negative=inputs["negative"],
+                                        strength=1.0, face_x1=0.3, face_y1=0.2, face_x2=0.6, face_y2=0.5).result
     latent = {"samples": torch.zeros(LATENT)}
     (plain,) = nodes.KSampler().sample(flashface, 1, 3, 7.5, "euler", "normal", inputs["positive"], inputs["negative"], latent)
     (with_refs,) = nodes.KSampler().sample(patched, 1, 3, 7.5, "euler", "normal", inputs["positive"], inputs["negative"], latent)
@@ -210,39 +184,20 @@ def test_stock_sampler_nodes_run_with_apply_flashface(flashface, inputs):
     assert not torch.allclose(plain["samples"], with_refs["samples"])
     assert torch.allclose(advanced["samples"], with_refs["samples"])
 
-    (guider,) = FlashFaceGuider().get_guider(patched, inputs["positive"], inputs["negative"], **GUIDANCE)
-    (sigmas,) = FlashFaceScheduler().get_sigmas(patched, "trailing", 3, 1.0)
+    (guider,) = FlashFaceGuider.execute(model=patched, positive=inputs["positive"], negative=inputs["negative"], **GUIDANCE).result
+    (sigmas,) = FlashFaceScheduler.execute(model=patched, scheduler="trailing", steps=3, denoise=1.0).result
     (sampler,) = KSamplerSelect().get_sampler("euler")
     result = SamplerCustomAdvanced().sample(Noise_RandomNoise(1), guider, sampler, sigmas, latent)
     samples = result[0]["samples"] if isinstance(result, tuple) else result.result[0]["samples"]
     assert samples.shape == LATENT and torch.isfinite(samples).all()
 
 
-def _lora_file(tmp_path, rank=4):
-    """Random low-rank weights in the SD1.5 (kohya) LoRA format, sized for the tiny model."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(3)
-    layers = {
-        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q": (128, 128),
-        "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k": (128, 768),
-        "lora_unet_down_blocks_0_attentions_0_proj_in": (32, 32),
-    }
-    tensors = {}
-    for name, (out_features, in_features) in layers.items():
-        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features) * 0.3
-        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank) * 0.3
-        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
-    path = tmp_path / "tiny_face_lora.safetensors"
-    save_file(tensors, str(path))
-    return path
-
 
 def test_sd15_lora_through_the_stock_loader(flashface, inputs, tmp_path):
     import folder_paths
     import nodes
 
-    path = _lora_file(tmp_path)
+    path = lora_file(tmp_path)
     folder_paths.add_model_folder_path("loras", str(tmp_path))
     try:
         before = run_sampler(flashface, inputs, seed=2)
@@ -270,17 +225,16 @@ def test_freeu_stacks_with_flashface(flashface, inputs):
 # ---------------------------------------------------------------- bad input
 
 def test_sampler_refuses_a_model_that_is_not_flashface(inputs):
-    from test_model import _plain_sd15_model
 
     with pytest.raises(ValueError, match="LoadFlashFace"):
-        run_sampler(_plain_sd15_model(), inputs)
+        run_sampler(plain_sd15_model(), inputs)
 
 
 def test_guider_needs_references(flashface, inputs):
-    from comfyui_flashface.nodes.sampling import FlashFaceGuider
+    from comfyui_flashface.nodes.sampler import FlashFaceGuider
 
     with pytest.raises(ValueError, match="ApplyFlashFace"):
-        FlashFaceGuider().get_guider(flashface, inputs["positive"], inputs["negative"], **GUIDANCE)
+        FlashFaceGuider.execute(model=flashface, positive=inputs["positive"], negative=inputs["negative"], **GUIDANCE)
 
 
 @pytest.mark.parametrize("start", [-0.1, 1.5])
@@ -304,7 +258,7 @@ def test_face_mask_of_another_size_is_resized_to_the_image(flashface, inputs):
 
 def test_empty_face_mask_says_to_paint_the_face():
     """Load Image hands an empty 64x64 mask over for a photo without a painted mask."""
-    from comfyui_flashface.flashface_core.face_position import FacePosition
+    from comfyui_flashface.flashface_core.model.face_position import FacePosition
 
     with pytest.raises(ValueError, match="MaskEditor") as error:
         FacePosition(mask=torch.zeros(1, 64, 64))
@@ -349,7 +303,7 @@ def test_other_nodes_cfg_hooks_see_cond_and_uncond_where_they_expect(flashface, 
 
 
 def test_reference_start_one_never_starts_reference_guidance(flashface, inputs, monkeypatch):
-    from comfyui_flashface.flashface_core import guider
+    from comfyui_flashface.flashface_core.guidance import guider
 
     counts = []
     original = guider.comfy.samplers.calc_cond_batch
@@ -379,14 +333,15 @@ def test_sampler_custom_advanced_graph_gives_the_flashface_samplers_image(flashf
     FlashFace Sampler taken apart: the same seed gives the same image, as its Note says."""
     from comfy_extras.nodes_custom_sampler import KSamplerSelect, Noise_RandomNoise, SamplerCustomAdvanced
 
-    from comfyui_flashface.nodes.apply import ApplyFlashFace
-    from comfyui_flashface.nodes.sampling import FlashFaceGuider, FlashFaceScheduler
+    from comfyui_flashface.nodes.apply_flashface import ApplyFlashFace
+    from comfyui_flashface.nodes.sampler import FlashFaceGuider, FlashFaceScheduler
 
     box = (0.3, 0.2, 0.6, 0.5)
     one_node = run_sampler(flashface, inputs, seed=4, steps=4, box=box)
-    (patched,) = ApplyFlashFace().apply(flashface, inputs["references"], inputs["negative"], 1.2, *box)
-    (guider,) = FlashFaceGuider().get_guider(patched, inputs["positive"], inputs["negative"], **GUIDANCE)
-    (sigmas,) = FlashFaceScheduler().get_sigmas(patched, "trailing", 4, 1.0)
+    (patched,) = ApplyFlashFace.execute(model=flashface, references=inputs["references"], negative=inputs["negative"],
+                                        strength=1.2, **dict(zip(("face_x1", "face_y1", "face_x2", "face_y2"), box))).result
+    (guider,) = FlashFaceGuider.execute(model=patched, positive=inputs["positive"], negative=inputs["negative"], **GUIDANCE).result
+    (sigmas,) = FlashFaceScheduler.execute(model=patched, scheduler="trailing", steps=4, denoise=1.0).result
     (sampler,) = KSamplerSelect().get_sampler("euler")
     result = SamplerCustomAdvanced().sample(Noise_RandomNoise(4), guider, sampler, sigmas, {"samples": torch.zeros(LATENT)})
     taken_apart = (result[0] if isinstance(result, tuple) else result.result[0])["samples"]

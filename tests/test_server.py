@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from comfy_server import CHECKPOINT, PACK_DIR_NAME, comfy_server_fixture  # noqa: F401 (fixture)
 from comfyui_flashface.flashface_core.faces import detection as face_detection
-from comfyui_flashface.flashface_core.faces import references as face_references
+from comfyui_flashface.flashface_core.faces import encoding as face_references
+from comfyui_flashface.flashface_core.faces.choices import Detector, FaceChoice, NoFace, Straighten
 from PIL import Image
 
 pytestmark = pytest.mark.host
@@ -24,9 +25,9 @@ NO_BOX = {"face_x1": 0.0, "face_y1": 0.0, "face_x2": 0.0, "face_y2": 0.0}
 
 
 def encode(images, references=None, fill_to_four=True, threshold=0.6, **more_images):
-    inputs = {"vae": ["vae", 0], "images": images, "detector": face_detection.RETINAFACE,
-              "face_choice": face_references.LARGEST, "face_index": 0, "no_face": face_references.NO_FACE_ERROR,
-              "threshold": threshold, "fill_to_four": fill_to_four, "straighten": face_references.STRAIGHTEN_AUTO,
+    inputs = {"vae": ["vae", 0], "images": images, "detector": Detector.RETINAFACE,
+              "face_choice": FaceChoice.LARGEST, "face_index": 0, "no_face": NoFace.ERROR,
+              "threshold": threshold, "fill_to_four": fill_to_four, "straighten": Straighten.AUTO,
               **more_images}
     if references is not None:
         inputs["references"] = references
@@ -90,7 +91,7 @@ def test_every_node_is_registered_with_tooltips(comfy_server):
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
     assert CHECKPOINT in info["LoadFlashFace"]["input"]["required"]["ckpt_name"][0]
     detector = info["FlashFaceEncodeReferenceFaces"]["input"]["required"]["detector"]
-    assert detector[0][0] == face_detection.RETINAFACE and detector[1]["default"] == face_detection.RETINAFACE
+    assert detector[0][0] == Detector.RETINAFACE and detector[1]["default"] == Detector.RETINAFACE
     optional = info["FlashFaceEncodeReferenceFaces"]["input"]["optional"]
     assert [name for name in optional if name.startswith("image_")] == [f"image_{i}" for i in range(2, 9)]
     # ComfyUI lists every custom node it imported, failures marked "(IMPORT FAILED)".
@@ -124,7 +125,7 @@ def test_photo_without_face_gives_the_packs_message_and_the_server_goes_on(comfy
     assert error["exception_type"].endswith("ValueError")
     message = error["exception_message"]
     assert message.startswith("No face found in reference image 0"), message
-    assert face_references.NO_FACE_SKIP in message and "Traceback" not in message
+    assert NoFace.SKIP in message and "Traceback" not in message
     assert not (comfy_server.output_dir / "no_face_00001_.png").exists()
 
     assert comfy_server.alive()

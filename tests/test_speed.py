@@ -7,21 +7,11 @@ import logging
 import pytest
 import torch
 
-from random_controlnet import apply_random_controlnet
-from test_sampling import _lora_file, inputs, run_sampler  # noqa: F401 (inputs: the shared fixture)
+from model_helpers import all_off, apply_random_controlnet, lora_file, run_sampler
 
 pytestmark = pytest.mark.host
 
 BAR = 1e-5
-
-
-def _speed(**levers):
-    """Every lever off but the ones named."""
-    import dataclasses
-
-    from comfyui_flashface.flashface_core.contract import ALL_OFF
-
-    return dataclasses.replace(ALL_OFF, **levers)
 
 
 def _with_speed(model, speed):
@@ -35,7 +25,8 @@ def _with_speed(model, speed):
 @pytest.fixture
 def calls(monkeypatch):
     """How often each lever's code and the reference pass ran."""
-    from comfyui_flashface.flashface_core import reference_attention, shared_encoder
+    from comfyui_flashface.flashface_core.injection import reference_attention, reference_pass
+    from comfyui_flashface.flashface_core.speed import shared_encoder
 
     counts = {"reference_pass": 0, "shared_encoder": 0, "merged_attention": 0}
 
@@ -48,14 +39,14 @@ def calls(monkeypatch):
 
         monkeypatch.setattr(module, name, wrapper)
 
-    counting(reference_attention, "compute_reference_features", "reference_pass")
+    counting(reference_pass, "compute_reference_features", "reference_pass")
     counting(shared_encoder, "_forward_shared", "shared_encoder")
     counting(reference_attention, "merged_reference_attention_term", "merged_attention")
     return counts
 
 
 def _fresh_cache(model):
-    from comfyui_flashface.flashface_core.reference_attention import reference_cache
+    from comfyui_flashface.flashface_core.injection.wrappers import reference_cache
 
     reference_cache(model).clear()
 
@@ -69,25 +60,25 @@ LEVERS = {
 
 def _merges(patcher) -> bool:
     """Whether the merged attention runs with ComfyUI's attention on this model's device."""
-    from comfyui_flashface.flashface_core.attention_lse import attention_lse_function
+    from comfyui_flashface.flashface_core.speed.attention_lse import attention_lse_function
 
     return attention_lse_function(patcher.load_device) is not None
 
 
 def test_each_lever_on_equals_off_on_the_golden_sets(golden_sets, calls):
-    from comfyui_flashface.flashface_core.contract import ALL_OFF, SpeedSettings
-    from comfyui_flashface.flashface_core.golden import GoldenSet, relative_error, unet_outputs, with_golden_references
-    from comfyui_flashface.flashface_core.model import load_flashface
+    from comfyui_flashface.flashface_core.contract import SpeedSettings
+    from comfyui_flashface.flashface_core.tools.golden_model import GoldenSet, relative_error, unet_outputs, with_golden_references
+    from comfyui_flashface.flashface_core.loader import load_flashface
 
     for path in golden_sets:
         golden = GoldenSet.load(path)
         model = with_golden_references(load_flashface(golden.checkpoint, "fp32"), golden)
         calls.update(dict.fromkeys(calls, 0))
-        off = unet_outputs(golden, _with_speed(model, ALL_OFF))
+        off = unet_outputs(golden, _with_speed(model, all_off()))
         assert calls["reference_pass"] == 3 and calls["shared_encoder"] == calls["merged_attention"] == 0
         for lever, counter in LEVERS.items():
             calls.update(dict.fromkeys(calls, 0))
-            on = unet_outputs(golden, _with_speed(model, _speed(**{lever: True})))
+            on = unet_outputs(golden, _with_speed(model, all_off(**{lever: True})))
             for name, value in on.items():
                 assert relative_error(value, off[name]) < BAR, (path.name, lever, name)
             if lever == "cache_reference_pass":
@@ -104,12 +95,12 @@ def test_each_lever_on_equals_off_on_the_golden_sets(golden_sets, calls):
 def test_merged_attention_with_pytorch_attention(flashface, golden, monkeypatch, calls):
     import comfy.ldm.modules.attention as comfy_attention
 
-    from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
+    from comfyui_flashface.flashface_core.tools.golden_model import relative_error, unet_outputs, with_golden_references
 
     monkeypatch.setattr(comfy_attention, "optimized_attention", comfy_attention.attention_pytorch)
     model = with_golden_references(flashface, golden)
-    off = unet_outputs(golden, _with_speed(model, _speed()))
-    on = unet_outputs(golden, _with_speed(model, _speed(merged_attention=True)))
+    off = unet_outputs(golden, _with_speed(model, all_off()))
+    on = unet_outputs(golden, _with_speed(model, all_off(merged_attention=True)))
     # Merged on the CPU; on a GPU the unmerged path's fused attentions were measured faster.
     assert (calls["merged_attention"] > 0) == (flashface.load_device.type == "cpu")
     for name, value in on.items():
@@ -121,8 +112,8 @@ def test_merged_attention_falls_back_when_the_fused_kernel_refuses(flashface, go
     says so once per kind of input and does not ask the kernel again."""
     import comfy.ldm.modules.attention as comfy_attention
 
-    from comfyui_flashface.flashface_core import attention_lse
-    from comfyui_flashface.flashface_core.golden import relative_error, unet_outputs, with_golden_references
+    from comfyui_flashface.flashface_core.speed import attention_lse
+    from comfyui_flashface.flashface_core.tools.golden_model import relative_error, unet_outputs, with_golden_references
 
     if flashface.load_device.type != "cpu":
         pytest.skip("PyTorch attention is merged on the CPU only")
@@ -136,9 +127,9 @@ def test_merged_attention_falls_back_when_the_fused_kernel_refuses(flashface, go
     monkeypatch.setattr(attention_lse, "_fused_attention_lse", refusing_kernel)
     monkeypatch.setattr(attention_lse, "_refused", set())
     model = with_golden_references(flashface, golden)
-    off = unet_outputs(golden, _with_speed(model, _speed()))
+    off = unet_outputs(golden, _with_speed(model, all_off()))
     with caplog.at_level(logging.WARNING):
-        on = unet_outputs(golden, _with_speed(model, _speed(merged_attention=True)))
+        on = unet_outputs(golden, _with_speed(model, all_off(merged_attention=True)))
     assert calls["merged_attention"] > 0
     for name, value in on.items():
         assert relative_error(value, off[name]) < BAR, name
@@ -147,7 +138,7 @@ def test_merged_attention_falls_back_when_the_fused_kernel_refuses(flashface, go
 
 
 def test_merged_attention_lets_out_of_memory_through(monkeypatch):
-    from comfyui_flashface.flashface_core import attention_lse
+    from comfyui_flashface.flashface_core.speed import attention_lse
 
     def out_of_memory(q, k, v):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -162,8 +153,8 @@ def test_merged_attention_lets_out_of_memory_through(monkeypatch):
 
 def test_cached_run_equals_uncached_run(flashface, inputs, calls):
     _fresh_cache(flashface)
-    uncached = run_sampler(_with_speed(flashface, _speed()), inputs, seed=3, steps=4)
-    cached_model = _with_speed(flashface, _speed(cache_reference_pass=True))
+    uncached = run_sampler(_with_speed(flashface, all_off()), inputs, seed=3, steps=4)
+    cached_model = _with_speed(flashface, all_off(cache_reference_pass=True))
     first = run_sampler(cached_model, inputs, seed=3, steps=4)
     calls["reference_pass"] = 0
     repeat = run_sampler(cached_model, inputs, seed=3, steps=4)
@@ -179,14 +170,14 @@ def test_changing_what_the_reference_pass_reads_recomputes(flashface, inputs, ca
     import folder_paths
     import nodes
 
-    from comfyui_flashface.flashface_core.references import FlashFaceReferences
+    from comfyui_flashface.flashface_core.model.references import FlashFaceReferences
 
-    model = _with_speed(flashface, _speed(cache_reference_pass=True))
+    model = _with_speed(flashface, all_off(cache_reference_pass=True))
     _fresh_cache(flashface)
     before = run_sampler(model, inputs, seed=3, steps=4)
     other_faces = {**inputs, "references": FlashFaceReferences(inputs["references"].latents.flip(0))}
     other_negative = {**inputs, "negative": [[inputs["negative"][0][0] * 0.5, {}]]}
-    path = _lora_file(tmp_path)
+    path = lora_file(tmp_path)
     folder_paths.add_model_folder_path("loras", str(tmp_path))
     try:
         (with_lora,) = nodes.LoraLoaderModelOnly().load_lora_model_only(model, path.name, 1.0)
@@ -221,7 +212,7 @@ def _same_tensors(a: dict | None, b: dict) -> bool:
 
 
 def test_cache_key_covers_dtype_and_device():
-    from comfyui_flashface.flashface_core.reference_cache import CacheKey, ReferenceCache
+    from comfyui_flashface.flashface_core.speed.reference_cache import CacheKey, ReferenceCache
 
     latents, context = torch.ones(2, 4, 8, 8), torch.ones(1, 77, 8)
     key = CacheKey(latents, context, "weights", torch.float32, torch.device("cpu"))
@@ -241,7 +232,7 @@ def test_cache_key_covers_dtype_and_device():
 
 
 def test_cache_bound_drops_other_faces_first_then_stops_with_a_log_line(caplog):
-    from comfyui_flashface.flashface_core.reference_cache import MB, CacheKey, ReferenceCache
+    from comfyui_flashface.flashface_core.speed.reference_cache import MB, CacheKey, ReferenceCache
 
     def key(value):
         return CacheKey(torch.full((1, 4, 2, 2), float(value)), torch.zeros(1, 2, 2), "w", torch.float32, torch.device("cpu"))
@@ -263,7 +254,7 @@ def test_cache_bound_drops_other_faces_first_then_stops_with_a_log_line(caplog):
 
 
 def test_duplicate_chunks_need_every_encoder_input_equal():
-    from comfyui_flashface.flashface_core.shared_encoder import duplicate_chunks
+    from comfyui_flashface.flashface_core.speed.shared_encoder import duplicate_chunks
 
     x = torch.randn(1, 5, 4, 4).repeat(3, 1, 1, 1)
     t = torch.full((3,), 500.0)
@@ -287,23 +278,23 @@ def _controlnet(flashface, inputs, positive_only):
 def test_shared_encoder_with_a_controlnet_on_both_positive_rows(flashface, inputs, calls):
     positive = _controlnet(flashface, inputs, positive_only=True)
     controlled = {**inputs, "positive": positive}
-    off = run_sampler(_with_speed(flashface, _speed()), controlled, seed=8, reference_start=0.0)
-    on = run_sampler(_with_speed(flashface, _speed(share_encoder=True)), controlled, seed=8, reference_start=0.0)
+    off = run_sampler(_with_speed(flashface, all_off()), controlled, seed=8, reference_start=0.0)
+    on = run_sampler(_with_speed(flashface, all_off(share_encoder=True)), controlled, seed=8, reference_start=0.0)
     assert calls["shared_encoder"] == 3
     assert float((on - off).norm() / off.norm()) < BAR
 
 
 def test_shared_encoder_falls_back_with_a_controlnet_on_one_condition_only(flashface, golden, inputs, calls):
-    from comfyui_flashface.flashface_core.golden import evaluate_conditions, with_golden_references
+    from comfyui_flashface.flashface_core.tools.golden_model import evaluate_conditions, with_golden_references
 
     positive_with_control = _controlnet(flashface, inputs, positive_only=True)
     model = with_golden_references(flashface, golden)
     t = golden.tensors
     contexts = [positive_with_control, t["uncond"], t["cond"]]
-    off = evaluate_conditions(_with_speed(model, _speed()), t["x"], 500, contexts, [0.0, 0.0, 1.2], t["mask"])
-    on = evaluate_conditions(_with_speed(model, _speed(share_encoder=True)), t["x"], 500, contexts, [0.0, 0.0, 1.2], t["mask"])
+    off = evaluate_conditions(_with_speed(model, all_off()), t["x"], 500, contexts, [0.0, 0.0, 1.2], t["mask"])
+    on = evaluate_conditions(_with_speed(model, all_off(share_encoder=True)), t["x"], 500, contexts, [0.0, 0.0, 1.2], t["mask"])
     assert calls["shared_encoder"] == 0
-    plain = evaluate_conditions(_with_speed(model, _speed()), t["x"], 500, [t["cond"]], [0.0], t["mask"])
+    plain = evaluate_conditions(_with_speed(model, all_off()), t["x"], 500, [t["cond"]], [0.0], t["mask"])
     assert not torch.allclose(off[0], plain[0], atol=1e-4)  # the ControlNet did act on the first row
     for a, b in zip(on, off):
         assert torch.equal(a, b)
@@ -312,8 +303,9 @@ def test_shared_encoder_falls_back_with_a_controlnet_on_one_condition_only(flash
 def test_reference_parts_use_the_operations_the_main_unet_uses(golden):
     import comfy.ops
 
-    from comfyui_flashface.flashface_core.checkpoint import load_flashface_state_dict
-    from comfyui_flashface.flashface_core.model import FlashFaceConfig, unet_config_from_state_dict
+    from comfyui_flashface.flashface_core.model.checkpoint import load_flashface_state_dict
+    from comfyui_flashface.flashface_core.model.flashface_model import FlashFaceConfig
+    from comfyui_flashface.flashface_core.model.loading import unet_config_from_state_dict
 
     config = FlashFaceConfig(unet_config_from_state_dict(load_flashface_state_dict(golden.checkpoint)))
     config.set_inference_dtype(torch.float16, torch.float32)

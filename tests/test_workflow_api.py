@@ -9,8 +9,8 @@ The shipped graphs are compared with the real frontend in test_workflows.py.
 
 import pytest
 
-from comfyui_flashface.flashface_core import workflow_api
-from comfyui_flashface.flashface_core.workflow_api import GraphError, node_def, to_api
+from comfyui_flashface.flashface_core.tools import workflow_api
+from comfyui_flashface.flashface_core.tools.workflow_api import GraphError, node_def, to_api
 
 DEFINITIONS = {
     "Loader": node_def("Loader", {"required": {"ckpt_name": (["a.ckpt", "b.ckpt"], {})}}, "Load Model"),

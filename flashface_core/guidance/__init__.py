@@ -1,0 +1,1 @@
+"""FlashFace's disentangled text and reference guidance: the math, the GUIDER, the schedules and the sampling call."""

@@ -1,0 +1,114 @@
+"""The reference pass: the reference faces through the reference U-Net at a call's timestep.
+
+It records, at every reference-attention layer, the keys and values of the features there
+(R in ``reference_attention.py``). The result depends only on the references, the negative
+prompt, the timestep and the weights, so it is reused within a step (the run's state), and
+across runs (the MODEL's ``ReferenceCache``, a speed lever).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from comfy.ldm.modules.diffusionmodules.openaimodel import forward_timestep_embed
+from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
+
+from ..contract import CACHE_KEY, RUN_STATE_KEY, FlashFaceSettings, get_speed
+from ..model.key_layout import reference_attention_name
+from ..speed.reference_cache import CacheKey
+
+
+@dataclass
+class ReferenceFeatureCache:
+    """Per sampling run: the reference pass's result for the last timestep, so conditions
+    split over several U-Net calls in one step reuse it, and the reference latents as the
+    model reads them. Shared by the run's option copies."""
+
+    timestep: float | None = None
+    features: dict | None = None
+    latents: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def reference_latents(model, settings: FlashFaceSettings, device, dtype) -> torch.Tensor:
+    latents = settings.references.model_latents().to(device=device, dtype=torch.float32)
+    return model.process_latent_in(latents).to(dtype)
+
+
+def compute_reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, latents=None) -> dict:
+    """Run the reference U-Net at ``timestep`` and return each reference-attention layer's
+    (K, V) of the recorded features, projected once for every row that reads them.
+
+    As released, the pass runs the reference encoder, the *main* middle block and the
+    reference decoder, with the negative prompt as context and no mask channel.
+    """
+    unet = model.diffusion_model
+    reference_unet = model.reference_unet
+    layers = model.reference_attention
+    if latents is None:
+        latents = reference_latents(model, settings, device, dtype)
+    count = latents.shape[0]
+    context = settings.reference_context.to(device=device, dtype=dtype).expand(count, -1, -1)
+    steps = timestep.reshape(1).to(device).expand(count)
+    emb = unet.time_embed(timestep_embedding(steps, unet.model_channels).to(dtype))
+
+    features = {}
+
+    def record(n, context_attn1, value_attn1, extra_options):
+        name = reference_attention_name(extra_options["block"], extra_options["block_index"])
+        if name in layers:
+            recorded = n.reshape(1, -1, n.shape[-1])
+            features[name] = (layers[name].to_k(recorded), layers[name].to_v(recorded))
+        return n, context_attn1, value_attn1
+
+    options = {"patches": {"attn1_patch": [record]}}
+    skips = []
+    h = latents
+    for index, block in enumerate(reference_unet.input_blocks):
+        options["block"] = ("input", index)
+        h = forward_timestep_embed(block, h, emb, context, options)
+        skips.append(h)
+    options["block"] = ("middle", 0)
+    h = forward_timestep_embed(unet.middle_block, h, emb, context, options)
+    for index, block in enumerate(reference_unet.output_blocks):
+        options["block"] = ("output", index)
+        h = torch.cat([h, skips.pop()], dim=1)
+        h = forward_timestep_embed(block, h, emb, context, options, output_shape=skips[-1].shape if skips else None)
+    missing = set(layers.keys()) - set(features)
+    if missing:
+        raise RuntimeError(f"FlashFace reference pass recorded no features for {sorted(missing)}.")
+    return features
+
+
+def _cache_key(model, settings: FlashFaceSettings, latents: torch.Tensor, device, dtype) -> CacheKey | None:
+    """What the reference pass read besides the timestep; None when the weights are not known
+    (a model not loaded by its patcher) or hooks patch them per condition."""
+    weights = getattr(model, "current_weight_patches_uuid", None)
+    patcher = getattr(model, "current_patcher", None)
+    if weights is None or patcher is None or patcher.current_hooks is not None:
+        return None
+    return CacheKey(latents, settings.reference_context, weights, dtype, torch.device(device))
+
+
+def reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, transformer_options: dict) -> dict:
+    """The reference pass at ``timestep``: from this run's last step, the MODEL's cache, or run now."""
+    step = float(timestep)
+    run = transformer_options.get(RUN_STATE_KEY)
+    if run is not None and run.timestep == step:
+        return run.features
+    if run is not None and run.latents is not None and run.latents.device == torch.device(device) and run.latents.dtype == dtype:
+        latents = run.latents
+    else:
+        latents = reference_latents(model, settings, device, dtype)
+    speed = get_speed(transformer_options)
+    cache = transformer_options.get(CACHE_KEY)
+    key = _cache_key(model, settings, latents, device, dtype) if speed.cache_reference_pass and cache is not None else None
+    features = cache.get(key, step) if key is not None else None
+    if features is None:
+        features = compute_reference_features(model, settings, timestep, device, dtype, latents)
+        if key is not None:
+            cache.put(key, step, features, speed.cache_mb, model.current_patcher.offload_device)
+    if run is not None:
+        run.timestep, run.features, run.latents = step, features, latents
+    return features

@@ -1,0 +1,93 @@
+"""The FlashFace patches on a MODEL: installed once by the loader, active per U-Net call and per run.
+
+- ``APPLY_MODEL``: per U-Net call, the reference pass (or its reuse) and each row's
+  reference strength, for the attention patches of that call.
+- ``OUTER_SAMPLE``: per sampling run, the face-position mask and the references on every
+  condition, and the run's reference-pass state, dropped when the run ends.
+- ``DIFFUSION_MODEL``: the shared-encoder speed lever (``speed/shared_encoder.py``).
+- ``attn1_patch`` / ``attn1_output_patch``: the reference attention (``reference_attention.py``).
+"""
+
+import logging
+
+import comfy.patcher_extension
+
+from ..contract import CACHE_KEY, FACE_MASK_KEY, INJECTION_STATE_KEY, REFERENCES_KEY, RUN_STATE_KEY, SETTINGS_KEY, WRAPPER_KEY, condition_strengths, get_speed
+from ..speed.attention_lse import attention_lse_function
+from ..speed.reference_cache import ReferenceCache
+from ..speed.shared_encoder import diffusion_model_with_shared_encoder
+from .reference_attention import InjectionState, add_reference_attention, row_mix, stash_attention_input
+from .reference_pass import ReferenceFeatureCache, reference_features
+
+
+def install(patcher):
+    """Add the FlashFace patches to a freshly loaded FlashFace MODEL (done once by the loader).
+
+    The reference-pass cache goes with them: every clone of this MODEL shares it."""
+    patcher.set_model_attn1_patch(stash_attention_input)
+    patcher.set_model_attn1_output_patch(add_reference_attention)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model_with_references)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, sample_with_references)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_with_shared_encoder)
+    patcher.model_options.setdefault("transformer_options", {})[CACHE_KEY] = ReferenceCache()
+
+
+def reference_cache(patcher) -> ReferenceCache | None:
+    """The reference-pass cache this MODEL shares with its clones."""
+    return patcher.model_options.get("transformer_options", {}).get(CACHE_KEY)
+
+
+def _row_strengths(batch: int, transformer_options: dict, default: float) -> list[float]:
+    """Strength of each batch row, from the condition index of each chunk of the batch."""
+    table = condition_strengths(transformer_options)
+    chunks = transformer_options.get("cond_or_uncond") or []
+    if not table or not chunks or batch % len(chunks):
+        return [default] * batch
+    rows = batch // len(chunks)
+    return [table.get(index, default) for index in chunks for _ in range(rows)]
+
+
+def apply_model_with_references(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+    """APPLY_MODEL wrapper: run (or reuse) the reference pass for this call, then the main pass."""
+    model = executor.class_obj
+    settings = transformer_options.get(SETTINGS_KEY)
+    dtype = model.manual_cast_dtype or model.get_dtype()
+    features = None
+    strengths = [0.0] * x.shape[0]  # without references: RefAttn(y, y) on every row
+    if settings is not None and settings.references is not None:
+        # ComfyUI's samplers give every row of a call the same sigma.
+        timestep = model.model_sampling.timestep(t[:1]).float()
+        features = reference_features(model, settings, timestep, x.device, dtype, transformer_options)
+        strengths = _row_strengths(x.shape[0], transformer_options, settings.strength)
+    with_refs = row_mix(strengths, x.device, dtype) if features is not None else None
+    state = InjectionState(model.reference_attention, features, with_refs, row_mix([1.0 - s for s in strengths], x.device, dtype))
+    if with_refs is not None and get_speed(transformer_options).merged_attention:
+        state.attention_lse = attention_lse_function(x.device)
+    options = transformer_options.copy()
+    options[INJECTION_STATE_KEY] = state
+    return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+
+def sample_with_references(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: give every condition the face-position mask and the references
+    (for the model's memory estimate), and give the run a reference-feature cache; all are
+    dropped when the run ends, however it ends."""
+    guider = executor.class_obj
+    transformer_options = guider.model_options.setdefault("transformer_options", {})
+    settings = transformer_options.get(SETTINGS_KEY)
+    extra = {}
+    if settings is not None and settings.references is not None:
+        extra[REFERENCES_KEY] = settings.references
+    if settings is not None and settings.face_position is not None:
+        extra[FACE_MASK_KEY] = settings.face_position
+    if extra:
+        for name, conds in guider.conds.items():
+            guider.conds[name] = [{**extra, **c} for c in conds]
+    if not guider.model_options.get("registered_hooks"):
+        # With hooks, conditions may run under different weights: recompute per call.
+        transformer_options[RUN_STATE_KEY] = ReferenceFeatureCache()
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        transformer_options.pop(RUN_STATE_KEY, None)
+        logging.debug("FlashFace: sampling run finished")

@@ -1,0 +1,311 @@
+"""ComfyUI graphs from the UI format (what the frontend saves) to the API format (what /prompt takes).
+
+The frontend builds the API prompt itself (``app.graphToPrompt``); this does the same from the
+saved file, so ``workflows/api/`` can be generated from ``workflows/`` and a graph can run
+without a browser. The rules are those of ComfyUI frontend 1.27:
+
+* a node's ``widgets_values`` hold one value per widget, in the order of the node's inputs
+  (required, then optional) that are widgets: INT, FLOAT, STRING, BOOLEAN and COMBO inputs,
+  unless ``forceInput``. Some inputs add a widget of their own that is never sent: the
+  ``control_after_generate`` menu after an INT with that option (or named ``seed`` /
+  ``noise_seed`` when the option is absent) or a COMBO with it, and the upload button after
+  a COMBO with ``image_upload`` (and the video, audio and animated-image variants);
+* a linked input (a socket, or a widget turned into an input) takes the link instead;
+* Note, MarkdownNote, Reroute and PrimitiveNode live only in the frontend: a Reroute passes
+  its link through, a PrimitiveNode hands its value to the inputs it feeds;
+* muted nodes (mode 2) are left out, with the links that came from them; bypassed nodes
+  (mode 4) pass on the input that matches the output's slot or type.
+
+Usage: ``python -m flashface_core.tools.workflow_api`` writes ``workflows/api/<name>.json`` for every
+``workflows/*.json``; ``--check`` only reports files that differ from what it would write.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .host import PACK_ROOT
+
+WORKFLOWS_DIR = PACK_ROOT / "workflows"
+API_DIR = WORKFLOWS_DIR / "api"
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
+SEED_NAMES = ("seed", "noise_seed")
+PRIMITIVE, REROUTE = "PrimitiveNode", "Reroute"
+FRONTEND_ONLY = {"Note", "MarkdownNote", PRIMITIVE, REROUTE}
+MUTED, BYPASSED = 2, 4
+
+log = logging.getLogger(__name__)
+
+
+class GraphError(ValueError):
+    """A graph that cannot be read or converted; the message says which node and why."""
+
+
+@dataclass(frozen=True)
+class InputDef:
+    name: str
+    type: str  # "COMBO" for a list of choices
+    options: dict
+    required: bool = True
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
+
+    @property
+    def widget_count(self) -> int:
+        """How many entries of ``widgets_values`` this input takes (0, 1 or 2)."""
+        if not self.is_widget:
+            return 0
+        extra = 0
+        if self.type == "INT":
+            extra = self.options.get("control_after_generate", self.name in SEED_NAMES)
+        elif self.type == "COMBO":
+            extra = self.options.get("control_after_generate", False) or any(self.options.get(o) for o in UPLOAD_OPTIONS)
+        return 1 + bool(extra)
+
+
+@dataclass(frozen=True)
+class NodeDef:
+    class_type: str
+    display_name: str
+    inputs: tuple[InputDef, ...] = field(default_factory=tuple)
+
+    def input(self, name: str) -> InputDef | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+
+def _input_def(name: str, spec, required: bool) -> InputDef:
+    kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    options = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if isinstance(kind, (list, tuple)):
+        kind = "COMBO"
+    return InputDef(name, str(kind), dict(options), required)
+
+
+def node_def(class_type: str, input_types: dict, display_name: str | None = None) -> NodeDef:
+    """A NodeDef from a node's ``INPUT_TYPES()`` (or the ``input`` entry of ``/object_info``)."""
+    inputs = []
+    for section in ("required", "optional"):
+        for name, spec in (input_types.get(section) or {}).items():
+            inputs.append(_input_def(name, spec, section == "required"))
+    return NodeDef(class_type, display_name or class_type, tuple(inputs))
+
+
+def definitions_from_object_info(object_info: dict) -> dict[str, NodeDef]:
+    """NodeDefs from a server's ``/object_info`` answer."""
+    return {name: node_def(name, info.get("input", {}), info.get("display_name")) for name, info in object_info.items()}
+
+
+def definitions_from_host() -> dict[str, NodeDef]:
+    """NodeDefs of the nodes registered in the ComfyUI imported in this process (a node whose
+    INPUT_TYPES fails is left out, as the server leaves it out of /object_info)."""
+    import nodes
+
+    definitions = {}
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        try:
+            definitions[name] = node_def(name, cls.INPUT_TYPES(), nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name))
+        except Exception as error:  # another pack's node: whatever it raises, the other nodes still work
+            log.warning("node %s left out: its INPUT_TYPES failed (%s)", name, error)
+    return definitions
+
+
+def is_ui_graph(graph) -> bool:
+    return isinstance(graph, dict) and isinstance(graph.get("nodes"), list) and isinstance(graph.get("links"), list)
+
+
+def is_api_graph(graph) -> bool:
+    return (isinstance(graph, dict) and bool(graph)
+            and all(isinstance(n, dict) and "class_type" in n and isinstance(n.get("inputs"), dict) for n in graph.values()))
+
+
+def widget_values(node: dict, definition: NodeDef) -> dict:
+    """The values the node's widgets send, by input name."""
+    values = node.get("widgets_values")
+    widget_inputs = [i for i in definition.inputs if i.is_widget]
+    if values is None:
+        values = []
+    if isinstance(values, dict):  # some packs save widgets by name
+        return {i.name: values[i.name] for i in widget_inputs if i.name in values}
+    expected = sum(i.widget_count for i in widget_inputs)
+    if len(values) != expected:
+        raise GraphError(
+            f"Node {node['id']} ({node['type']}) has {len(values)} widget values where this ComfyUI's "
+            f"{node['type']} has {expected}: the graph was saved with another version of the node. Load it in the "
+            f"ComfyUI page and save it again."
+        )
+    result, position = {}, 0
+    for spec in widget_inputs:
+        result[spec.name] = values[position]
+        position += spec.widget_count
+    return result
+
+
+def widget_index(node: dict, definition: NodeDef, name: str) -> int | None:
+    """Where input ``name``'s value sits in ``widgets_values`` (None: not a widget)."""
+    position = 0
+    for spec in definition.inputs:
+        if spec.name == name:
+            return position if spec.is_widget else None
+        position += spec.widget_count
+    return None
+
+
+class _Graph:
+    def __init__(self, workflow: dict, definitions: dict[str, NodeDef]):
+        if workflow.get("definitions", {}).get("subgraphs"):
+            raise GraphError("Graphs with subgraphs are not supported here: unpack the subgraphs in the ComfyUI page.")
+        self.nodes = {node["id"]: node for node in workflow["nodes"]}
+        self.links = {}
+        for link in workflow["links"]:
+            if isinstance(link, dict):
+                link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
+                        link.get("type")]
+            self.links[link[0]] = link
+        self.definitions = definitions
+        unknown = sorted({n["type"] for n in self.nodes.values() if n["type"] not in FRONTEND_ONLY and n["type"] not in definitions})
+        if unknown:
+            raise GraphError(f"This ComfyUI has no node type {', '.join(unknown)}: install the custom nodes that provide it.")
+
+    def input_link(self, node: dict, slot: int):
+        inputs = node.get("inputs") or []
+        if slot >= len(inputs) or inputs[slot].get("link") is None:
+            return None
+        return self.links.get(inputs[slot]["link"])
+
+    def resolve_link(self, link, target_type, seen=None):
+        """The (node id, output slot) a link really comes from, a ("value", v) pair, or None."""
+        seen = set() if seen is None else seen
+        if link is None:
+            return None
+        origin_id, origin_slot = link[1], link[2]
+        if (origin_id, origin_slot) in seen:
+            raise GraphError(f"Node {origin_id}: the links loop through bypassed or reroute nodes.")
+        seen.add((origin_id, origin_slot))
+        origin = self.nodes.get(origin_id)
+        if origin is None:
+            return None
+        mode = origin.get("mode", 0)
+        if origin["type"] == PRIMITIVE:
+            values = origin.get("widgets_values") or []
+            return ("value", values[0]) if values else None
+        if origin["type"] == REROUTE:
+            return self.resolve_link(self.input_link(origin, 0), target_type, seen)
+        if mode == BYPASSED:
+            slot = self._bypass_slot(origin, origin_slot, target_type)
+            return None if slot is None else self.resolve_link(self.input_link(origin, slot), target_type, seen)
+        if mode == MUTED or origin["type"] in FRONTEND_ONLY:
+            return None
+        return (str(origin_id), int(origin_slot))
+
+    @staticmethod
+    def _bypass_slot(node: dict, slot: int, target_type):
+        inputs = node.get("inputs") or []
+        outputs = node.get("outputs") or []
+        output_type = outputs[slot]["type"] if slot < len(outputs) else None
+
+        def fits(input_type, wanted):
+            return input_type == wanted or "*" in (input_type, wanted) or (
+                isinstance(input_type, str) and isinstance(wanted, str) and wanted in input_type.split(","))
+
+        if target_type in ("*", "", None):
+            return slot if len(inputs) > slot else (0 if inputs else None)
+        if slot < len(inputs) and fits(inputs[slot]["type"], output_type) and fits(inputs[slot]["type"], target_type):
+            return slot
+        for index, candidate in enumerate(inputs):
+            if candidate["type"] == target_type:
+                return index
+        for index, candidate in enumerate(inputs):
+            if fits(candidate["type"], output_type) and fits(candidate["type"], target_type):
+                return index
+        return None
+
+    def title(self, node: dict) -> str:
+        return node.get("title") or self.definitions[node["type"]].display_name
+
+    def convert(self) -> dict:
+        prompt = {}
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            if node["type"] in FRONTEND_ONLY or node.get("mode", 0) in (MUTED, BYPASSED):
+                continue
+            definition = self.definitions[node["type"]]
+            inputs = {name: ({"__value__": value} if isinstance(value, list) else value)
+                      for name, value in widget_values(node, definition).items()}
+            for slot, socket in enumerate(node.get("inputs") or []):
+                link = self.input_link(node, slot)
+                if link is None:
+                    continue
+                resolved = self.resolve_link(link, socket.get("type"))
+                if resolved is None:
+                    continue
+                if resolved[0] == "value":
+                    value = resolved[1]
+                    inputs[socket["name"]] = {"__value__": value} if isinstance(value, list) else value
+                else:
+                    inputs[socket["name"]] = [resolved[0], resolved[1]]
+            prompt[str(node_id)] = {"inputs": inputs, "class_type": node["type"], "_meta": {"title": self.title(node)}}
+        # As the frontend does: drop links to nodes that are not in the prompt.
+        for entry in prompt.values():
+            for name, value in list(entry["inputs"].items()):
+                if isinstance(value, list) and len(value) == 2 and value[0] not in prompt:
+                    del entry["inputs"][name]
+        return prompt
+
+
+def to_api(workflow: dict, definitions: dict[str, NodeDef]) -> dict:
+    """The API prompt the frontend would queue for this UI-format graph."""
+    if not is_ui_graph(workflow):
+        raise GraphError("Not a ComfyUI graph in the UI format (no 'nodes' and 'links').")
+    return _Graph(workflow, definitions).convert()
+
+
+def api_path(workflow_path: Path) -> Path:
+    return API_DIR / workflow_path.name
+
+
+def dumps(prompt: dict) -> str:
+    return json.dumps(prompt, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flashface_core.tools.workflow_api", description=(
+        "Write the API format of UI-format ComfyUI graphs (default: every workflows/*.json of the pack, to "
+        "workflows/api/), using the node definitions of the ComfyUI found (core nodes and this pack)."))
+    parser.add_argument("graphs", nargs="*", type=Path, help="UI-format graph files (default: workflows/*.json)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: workflows/api/)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # ComfyUI's start-up log stays quiet
+    log.setLevel(logging.INFO)
+
+    from . import host
+
+    host.load_nodes(other_custom_nodes=False)
+    definitions = definitions_from_host()
+    graphs = args.graphs or sorted(WORKFLOWS_DIR.glob("*.json"))
+    stale = []
+    for path in graphs:
+        target = (args.out / path.name) if args.out else api_path(path)
+        text = dumps(to_api(json.loads(path.read_text()), definitions))
+        if target.is_file() and target.read_text() == text:
+            continue
+        if args.check:
+            stale.append(target)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        log.info("wrote %s", target)
+    for target in stale:
+        log.error("%s differs from its UI graph: run python -m flashface_core.tools.workflow_api", target)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
