@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from comfyui_flashface.flashface_core.tools import golden_faces as faces_golden
 from comfyui_flashface.flashface_core.faces import encoding as face_references
 from comfyui_flashface.flashface_core.faces import retinaface
-from comfyui_flashface.flashface_core.faces.choices import Detector, FaceChoice, NoFace, Straighten
+from comfyui_flashface.flashface_core.faces.choices import Detector
 
 RETINAFACE = Detector.RETINAFACE
 

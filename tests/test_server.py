@@ -10,8 +10,6 @@ VAEDecode, SaveImage.
 import numpy as np
 import pytest
 from comfy_server import CHECKPOINT, PACK_DIR_NAME, comfy_server_fixture  # noqa: F401 (fixture)
-from comfyui_flashface.flashface_core.faces import detection as face_detection
-from comfyui_flashface.flashface_core.faces import encoding as face_references
 from comfyui_flashface.flashface_core.faces.choices import Detector, FaceChoice, NoFace, Straighten
 from PIL import Image
 
@@ -89,9 +87,11 @@ def test_every_node_is_registered_with_tooltips(comfy_server):
         for section in ("required", "optional"):
             for input_name, spec in node["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
-    assert CHECKPOINT in info["LoadFlashFace"]["input"]["required"]["ckpt_name"][0]
+    # V3 menus: ("COMBO", {"options": [...], ...}).
+    ckpt_name = info["LoadFlashFace"]["input"]["required"]["ckpt_name"]
+    assert ckpt_name[0] == "COMBO" and CHECKPOINT in ckpt_name[1]["options"]
     detector = info["FlashFaceEncodeReferenceFaces"]["input"]["required"]["detector"]
-    assert detector[0][0] == Detector.RETINAFACE and detector[1]["default"] == Detector.RETINAFACE
+    assert detector[1]["options"][0] == Detector.RETINAFACE and detector[1]["default"] == Detector.RETINAFACE
     optional = info["FlashFaceEncodeReferenceFaces"]["input"]["optional"]
     assert [name for name in optional if name.startswith("image_")] == [f"image_{i}" for i in range(2, 9)]
     # ComfyUI lists every custom node it imported, failures marked "(IMPORT FAILED)".

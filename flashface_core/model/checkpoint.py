@@ -56,7 +56,7 @@ def _load_pickle(path: Path) -> dict:
             if "mmap" not in str(error):
                 raise
             data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path.name} was refused: it is not a plain tensor checkpoint (it holds Python objects or "
             f"code, which are never loaded). Use the official flashface.ckpt."
