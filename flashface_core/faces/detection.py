@@ -25,11 +25,11 @@ logger = logging.getLogger(__name__)
 
 # The detector file FaceAnalysis needs in each pack, and everything the pack's zip holds.
 INSIGHTFACE_PACKS = {
-    "antelopev2": (
+    Detector.ANTELOPEV2: (
         "scrfd_10g_bnkps.onnx",
         ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "glintr100.onnx", "scrfd_10g_bnkps.onnx"),
     ),
-    "buffalo_l": (
+    Detector.BUFFALO_L: (
         "det_10g.onnx",
         ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx", "w600k_r50.onnx"),
     ),
