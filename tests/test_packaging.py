@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_flashface.flashface_core.model_files import catalog as download
+from comfyui_flashface.flashface_core.model_files import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -46,7 +46,7 @@ def test_registry_fields():
 
 def test_registry_models_are_the_downloaders_files():
     listed = {(model["location"], model["model_url"]) for model in COMFY["Models"]}
-    assert listed == {(f"/{file.folder}/{file.filename}", file.url) for file in download.FILES}
+    assert listed == {(f"/{file.folder}/{file.filename}", file.url) for file in catalog.FILES}
 
 
 def test_requirements_are_pyprojects_dependencies_and_never_torch():

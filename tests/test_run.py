@@ -17,7 +17,7 @@ import pytest
 from conftest import FACES_DIR, HOST, ROOT
 from PIL import Image
 
-from comfyui_flashface.flashface_core.model_files import catalog as download
+from comfyui_flashface.flashface_core.model_files import catalog
 
 pytestmark = pytest.mark.host
 TIMEOUT = 600
@@ -81,8 +81,8 @@ def test_runner_names_every_missing_model_file(photos, tmp_path):
     (from an API-format graph: the runner takes both formats)."""
     import folder_paths
 
-    if folder_paths.get_full_path("checkpoints", download.SD15.filename):
-        pytest.skip(f"the host's own models folder holds {download.SD15.filename}")
+    if folder_paths.get_full_path("checkpoints", catalog.SD15.filename):
+        pytest.skip(f"the host's own models folder holds {catalog.SD15.filename}")
     models = tmp_path / "models"
     (models / "flashface").mkdir(parents=True)
     (models / "flashface" / model_folder.FLASHFACE_FILE).symlink_to(model_folder.golden_checkpoint())
@@ -91,8 +91,8 @@ def test_runner_names_every_missing_model_file(photos, tmp_path):
                     "--extra-model-paths-config", str(models_yaml(tmp_path)), "--no-custom-nodes")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    for part in (f"{download.SD15.filename} is not in", download.SD15.url, "python -m flashface_core.download --sd15`",
-                 f"{download.DETECTOR.filename} is not in", download.DETECTOR.url, "python -m flashface_core.download --detector`"):
+    for part in (f"{catalog.SD15.filename} is not in", catalog.SD15.url, "python -m flashface_core.download --sd15`",
+                 f"{catalog.DETECTOR.filename} is not in", catalog.DETECTOR.url, "python -m flashface_core.download --detector`"):
         assert part in result.stderr, result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from comfy_server import Chromium, comfy_server_fixture, find_chromium  # noqa: F401 (fixture)
 from conftest import HOST, ROOT
-from comfyui_flashface.flashface_core.model_files import catalog as download
+from comfyui_flashface.flashface_core.model_files import catalog
 from comfyui_flashface.flashface_core.tools import workflow_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -35,7 +35,7 @@ SAVED_WORKFLOWS = sorted(SAVED_GRAPHS.glob("*.json"))
 RECIPES = {"flashface_from_photos", "flashface_stock_ksampler", "flashface_face_inpaint", "flashface_age_change",
            "flashface_many_references", "flashface_drawn_to_real", "flashface_sampler_custom_advanced"}
 # The model files the guide (models/README.md, python -m flashface_core.download) has users fetch.
-MODEL_FILES = {"LoadFlashFace": download.FLASHFACE.filename, "CheckpointLoaderSimple": download.SD15.filename}
+MODEL_FILES = {"LoadFlashFace": catalog.FLASHFACE.filename, "CheckpointLoaderSimple": catalog.SD15.filename}
 TEST_SIZE, TEST_STEPS = 64, 2
 # Core ComfyUI 0.3.64 nodes the workflows may use, and the frontend's own note nodes.
 CORE_NODES = {
@@ -158,7 +158,7 @@ def test_missing_model_file_is_refused_with_what_to_download(comfy_server):
     assert error["type"] == "custom_validation_failed"
     message = error["details"]
     folder = str(comfy_server.base / "models" / "flashface")
-    for part in ("flashface.safetensors is not in", folder, download.FLASHFACE.url, "python -m flashface_core.download`",
+    for part in ("flashface.safetensors is not in", folder, catalog.FLASHFACE.url, "python -m flashface_core.download`",
                  "python -m flashface_core.convert"):
         assert part in message, message
 
