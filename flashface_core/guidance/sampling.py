@@ -11,6 +11,7 @@ from ..contract import GuidanceSettings
 from .guider import FlashFaceCFGGuider
 from .schedules import calculate_sigmas
 
+
 def sample(model, positive, negative, latent: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
            denoise: float, guidance: GuidanceSettings, noise: torch.Tensor | None = None) -> dict:
     """Sample a LATENT with FlashFace guidance; ``model`` carries ApplyFlashFace's settings.

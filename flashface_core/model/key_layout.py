@@ -58,8 +58,6 @@ _REFERENCE_ATTENTION = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0"}
 _REFERENCE_ATTENTION_MARK = ".self_attn.self_attn_first."
 
 
-
-
 def reference_attention_name(block: tuple[str, int], transformer_index: int) -> str:
     """Module name of the reference attention at ComfyUI's ``transformer_options['block']``."""
     return f"{block[0]}_{block[1]}_{transformer_index}"
@@ -159,7 +157,6 @@ def is_official_layout(keys) -> bool:
 
 def is_pack_layout(keys) -> bool:
     return any(k.startswith(REFERENCE_ATTENTION_PREFIX) for k in keys) and any(k.startswith(MAIN_PREFIX) for k in keys)
-
 
 
 def convert_official(state_dict: dict) -> tuple[dict, ConversionReport]:

@@ -67,7 +67,6 @@ def _fused_attention_lse(q, k, v):
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
 
 
-
 def pytorch_attention_lse(q, k, v, heads: int, attn_precision=None):
     """PyTorch's fused CPU attention kernel (what ``attention_pytorch`` runs there), asked for the log-sum-exp.
 
