@@ -8,8 +8,8 @@ shilongz/FlashFace-SD1.5). --sd15 adds an SD1.5 checkpoint for the CLIP text enc
 where and how big, and fetches nothing.
 
 Files go into the ComfyUI model folders (the ComfyUI found as the other tools find it, with its
-extra_model_paths.yaml: a path marked is_default there is used first, as ComfyUI does), or
-below --models-dir. A file already in any folder ComfyUI searches for it is skipped once its
+extra_model_paths.yaml: a folder it names gets only its paths, an is_default one first, as in
+ComfyUI), or below --models-dir. A file already in any folder ComfyUI searches for it is skipped once its
 size is the official one; a file, link or folder of yours under the name is never replaced.
 Downloads run in a hidden staging folder under names ComfyUI does not list, one downloader
 per folder at a time, and resume when the command is run again; a file gets its final name
