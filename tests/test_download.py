@@ -188,8 +188,8 @@ def test_a_file_already_in_place_is_not_downloaded_again_but_a_wrong_sized_one_i
     (folder / catalog.DETECTOR.filename).write_bytes(b"too short")
     assert download.main(["--detector", "--models-dir", str(tmp_path)]) == 1
     assert "Delete or rename it" in capsys.readouterr().err
-    assert download.main(["--detector", "--dry-run", "--models-dir", str(tmp_path)]) == 0
-    assert f"already there: {folder / catalog.DETECTOR.filename}" in capsys.readouterr().out
+    assert download.main(["--detector", "--dry-run", "--models-dir", str(tmp_path)]) == 1  # as the real run
+    assert f"status: stop: {folder / catalog.DETECTOR.filename} is 9 bytes, not the official" in capsys.readouterr().out
 
 
 @pytest.mark.host

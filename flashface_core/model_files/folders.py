@@ -3,8 +3,10 @@
 ``models/flashface`` holds FlashFace checkpoints (and may hold the face detector);
 ``models/facedetection`` is where other face packs (facexlib users) keep face detectors;
 ``models/insightface`` is where ComfyUI's other face packs keep insightface model packs
-(``models/insightface/models/<pack>/``). Paths a user or ``extra_model_paths.yaml`` already
-registered are kept.
+(``models/insightface/models/<pack>/``). Registered once, when ComfyUI imports the pack (after
+main.py has read ``extra_model_paths.yaml``): a folder name the user's configuration already
+defines keeps exactly the user's paths (the default ``models/<name>`` is not added back), and
+only gains the pack's file extensions.
 """
 
 import os
@@ -18,18 +20,15 @@ CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
 
 
 def _register(name: str, extensions: set[str]):
-    default = os.path.join(folder_paths.models_dir, name)
     if name in folder_paths.folder_names_and_paths:
         paths, known = folder_paths.folder_names_and_paths[name]
-        if default not in paths:
-            paths.append(default)
         folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
     else:
-        folder_paths.folder_names_and_paths[name] = ([default], extensions)
+        folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
 
 
 def register_model_folders():
-    """Idempotent; called when the pack is imported by ComfyUI."""
+    """Called once, from the pack's ``__init__`` (and by the downloader, which reads the YAML first)."""
     _register(FLASHFACE, CHECKPOINT_EXTENSIONS)
     _register(FACE_DETECTION, {".pth", ".pt"})
     _register(INSIGHTFACE, set())
@@ -37,13 +36,11 @@ def register_model_folders():
 
 def insightface_roots() -> list[str]:
     """Folders that may hold ``models/<pack>/`` insightface model packs, user paths first."""
-    register_model_folders()
     return folder_paths.get_folder_paths(INSIGHTFACE)
 
 
 def detector_folders() -> list[str]:
     """Folders searched for a face detector's weight file, in order: FlashFace's, then face detection's."""
-    register_model_folders()
     return [*folder_paths.get_folder_paths(FLASHFACE), *folder_paths.get_folder_paths(FACE_DETECTION)]
 
 

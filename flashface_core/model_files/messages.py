@@ -34,7 +34,6 @@ def check_in_folder(folder_name: str, name: str, official: ModelFile) -> str | N
     """None when ComfyUI finds ``name`` in its model folder ``folder_name``; else the message."""
     import folder_paths
 
-    folders.register_model_folders()
     if isinstance(name, str) and folder_paths.get_full_path(folder_name, name) is not None:
         return None
     return missing_message(official, str(name), _comfy_folder(folder_name))

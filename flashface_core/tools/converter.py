@@ -9,8 +9,11 @@ tensor by tensor, so two full copies are never held at once.
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+from . import os_errors
 
 DTYPES = ("fp16", "bf16", "fp32", "keep")
 
@@ -32,8 +35,12 @@ def convert_file(source: Path, target: Path, dtype: str = "fp16") -> int:
         tensors[key] = (tensor.to(cast) if cast is not None and tensor.is_floating_point() else tensor).contiguous()
     metadata = {"format": "pt", "flashface_format": key_layout.PACK_FORMAT, "flashface_format_version": key_layout.PACK_FORMAT_VERSION}
     partial = target.with_name(target.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.replace(target)
+    try:
+        save_file(tensors, str(partial), metadata=metadata)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk or Ctrl-C leaves no half-written file
+        raise
     return len(tensors)
 
 
@@ -46,13 +53,17 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..model.checkpoint import CheckpointError
 
-    if args.target.exists():
-        print(f"{args.target} exists; choose another name or remove it first.", file=sys.stderr)
+    if os.path.lexists(args.target):
+        print(f"error: {args.target} exists; choose another name or remove it first.", file=sys.stderr)
         return 2
     try:
         count = convert_file(args.source, args.target, args.dtype)
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: Could not convert {args.source} to {args.target}: {os_errors.explain(error, args.target)}",
+              file=sys.stderr)
         return 1
     logging.info("wrote %s (%d tensors, %s)", args.target, count, args.dtype)
     return 0

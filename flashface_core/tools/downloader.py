@@ -8,33 +8,34 @@ shilongz/FlashFace-SD1.5). --sd15 adds an SD1.5 checkpoint for the CLIP text enc
 where and how big, and fetches nothing.
 
 Files go into the ComfyUI model folders (the ComfyUI found as the other tools find it, with its
-extra_model_paths.yaml: a path marked ``is_default`` there is used first, as ComfyUI does), or
-below --models-dir. A file already in any folder ComfyUI searches for it is skipped. Downloads
-run in a hidden staging folder and resume when the command is run again; a file gets its final
-name only after its size and SHA-256 match the official file's, so a broken or cut download is
-never mistaken for a model. Nothing here runs by itself: nodes and the runner only name this
+extra_model_paths.yaml: a folder it names gets only its paths, an is_default one first, as in
+ComfyUI), or below --models-dir. A file already in any folder ComfyUI searches for it is skipped once its
+size is the official one; a file, link or folder of yours under the name is never replaced.
+Downloads run in a hidden staging folder under names ComfyUI does not list, one downloader
+per folder at a time, and resume when the command is run again; a file gets its final name
+only after its size and SHA-256 match the official file's, so a broken or cut download is
+never mistaken for a model. --dry-run checks the same (sizes, what is in the way, free
+space) without hashing. Nothing here runs by itself: nodes and the runner only name this
 command.
 """
 
 import argparse
 import hashlib
 import logging
-import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..model_files.catalog import DETECTOR, FLASHFACE, SD15, ModelFile, human_size
+from . import download_staging as staging_area
+from . import os_errors
+from .download_staging import STAGING, DownloadError
 from .host import find_comfyui
 
 logger = logging.getLogger(__name__)
 
-STAGING = ".flashface-download"  # inside the destination folder, so the final rename stays on one disk
 HASH_CHUNK = 8 * 1024 * 1024
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched or is not the official file; the message says what to do."""
 
 
 def select_files(sd15: bool, detector_only: bool) -> list[ModelFile]:
@@ -72,11 +73,11 @@ class ModelFolders:
 
 
 def _comfyui_folder_paths(extra_configs: tuple[Path, ...]):
-    """ComfyUI's ``folder_paths`` with this pack's folders and the user's extra paths, as at start-up.
+    """ComfyUI's ``folder_paths`` with the user's extra paths and this pack's folders, as at start-up.
 
-    Only ``folder_paths`` is imported (no torch). The pack registers its folders before the
-    YAML files are read, so a YAML path marked ``is_default`` comes first, as ComfyUI's own
-    example says it should ("used as the default dirs for eg downloads").
+    Only ``folder_paths`` is imported (no torch). As in ComfyUI's main.py, the YAML files are
+    read first and the pack registers its folders after them (adding a default folder only
+    where the user's configuration names none).
     """
     host = find_comfyui()
     if host is None:
@@ -93,13 +94,13 @@ def _comfyui_folder_paths(extra_configs: tuple[Path, ...]):
 
     from ..model_files import folders
 
-    folders.register_model_folders()
     configs = [path for path in (host / "extra_model_paths.yaml", *extra_configs) if path.is_file()]
     if configs:
         from utils.extra_config import load_extra_path_config
 
         for path in configs:
             load_extra_path_config(str(path))
+    folders.register_model_folders()
     return folder_paths
 
 
@@ -144,73 +145,137 @@ def _hf_hub_download():
     return huggingface_hub.hf_hub_download
 
 
+def _free_space(folder: Path) -> int:
+    """Free bytes on the disk that holds ``folder`` (or would: its nearest existing parent)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def _space_problem(file: ModelFile, folder: Path) -> str | None:
+    free = _free_space(folder)
+    if free + staging_area.staged_bytes(folder / STAGING) < file.size:
+        return f"{file.filename} needs {human_size(file.size)} but {folder} has {human_size(free)} free."
+    return None
+
+
+def _failure(file: ModelFile, folder: Path, error: Exception) -> str:
+    """What a failed download means: the disk's or the folder's problem, or the network's."""
+    if os_errors.is_file_system_error(error):
+        return (f"Could not save {file.filename} in {folder}: {os_errors.explain(error, folder / STAGING)} "
+                "Then run the command again: it resumes where it stopped (or use --models-dir for other folders).")
+    return (f"Could not download {file.filename} from {file.url}: {error}\n"
+            "Check the internet connection (and HF_ENDPOINT or proxy settings, if you use them), then run "
+            f"the command again: it resumes where it stopped. Or download the file in a browser into {folder}.")
+
+
 def fetch(file: ModelFile, folder: Path, progress: bool = True) -> Path:
     """Download ``file`` into ``folder`` through the staging folder; return its final path."""
     target = folder / file.filename
     staging = folder / STAGING
+    part = staging_area.part_path(staging, file.filename)
     hf_hub_download = _hf_hub_download()
     folder.mkdir(parents=True, exist_ok=True)
-    partial = sum(path.stat().st_size for path in staging.rglob("*") if path.is_file()) if staging.is_dir() else 0
-    free = shutil.disk_usage(folder).free
-    if free + partial < file.size:
-        raise DownloadError(
-            f"{file.filename} needs {human_size(file.size)} but {folder} has {human_size(free)} free."
-        )
-    logger.info("%s (%s) from %s", file.filename, human_size(file.size), file.url)
-    try:
-        staged = Path(hf_hub_download(repo_id=file.repo_id, filename=file.filename, local_dir=staging))
-    except Exception as error:  # network, HTTP and Hub errors differ between huggingface_hub versions
-        if not any(path.stat().st_size for path in staging.rglob("*.incomplete")):
-            shutil.rmtree(staging, ignore_errors=True)  # nothing to resume: leave no clutter
-        raise DownloadError(
-            f"Could not download {file.filename} from {file.url}: {error}\n"
-            "Check the internet connection (and HF_ENDPOINT or proxy settings, if you use them), then run "
-            f"the command again: it resumes where it stopped. Or download the file in a browser into {folder}."
-        ) from error
-    try:
-        check_file(staged, file, progress)
-    except DownloadError as error:
-        staged.unlink(missing_ok=True)
-        raise DownloadError(f"{error} The download was deleted; run the command again.") from error
-    os.replace(staged, target)
-    shutil.rmtree(staging, ignore_errors=True)
+    with staging_area.DownloadLock(folder):
+        problem = staging_area.in_the_way(target, file.filename)
+        staging_area.hide(staging / file.filename, part)  # left by a run stopped as the download ended
+        if problem is None and not (part.is_file() and part.stat().st_size == file.size):
+            problem = _space_problem(file, folder)
+            if problem is None:
+                logger.info("%s (%s) from %s", file.filename, human_size(file.size), file.url)
+                try:
+                    try:
+                        hf_hub_download(repo_id=file.repo_id, filename=file.filename, local_dir=staging)
+                    finally:
+                        staging_area.hide(staging / file.filename, part)
+                except Exception as error:  # network, HTTP and Hub errors differ between huggingface_hub versions
+                    staging_area.clean(staging)  # nothing to resume: leave no clutter
+                    raise DownloadError(_failure(file, folder, error)) from error
+        if problem:
+            raise DownloadError(problem)
+        try:
+            check_file(part, file, progress)
+        except DownloadError as error:
+            part.unlink(missing_ok=True)
+            staging_area.clean(staging)
+            raise DownloadError(f"{error} The download was deleted; run the command again.") from error
+        staging_area.move_into_place(part, target)
+        staging_area.clean(staging)
     return target
 
 
-def describe(file: ModelFile, folders: ModelFolders) -> str:
-    """The --dry-run lines for one file."""
+@dataclass(frozen=True)
+class Plan:
+    """What the downloader finds for one file: in place already, to fetch, or something in the way."""
+
+    file: ModelFile
+    folder: Path
+    existing: Path | None = None
+    problem: str | None = None  # stops the run before anything is fetched
+    warning: str | None = None  # stops the run when this file's turn comes (free space)
+
+
+def plan(file: ModelFile, folders: ModelFolders) -> Plan:
+    """The cheap checks of the real run, without fetching or hashing: shared by --dry-run and the run."""
+    folder = folders.destination(file.folder)
     existing = folders.existing(file)
-    state = f"already there: {existing}" if existing else "to download"
+    if existing is not None:
+        size = existing.stat().st_size
+        if size != file.size:
+            return Plan(file, folder, existing, problem=(
+                f"{existing} is {size:,} bytes, not the official {file.size:,}: it may be an "
+                "unfinished copy. Delete or rename it, then run this command again."))
+        return Plan(file, folder, existing)
+    problem = staging_area.in_the_way(folder / file.filename, file.filename)
+    return Plan(file, folder, problem=problem, warning=None if problem else _space_problem(file, folder))
+
+
+def describe(item: Plan) -> str:
+    """The --dry-run lines for one file."""
+    file = item.file
+    if item.problem:
+        state = f"stop: {item.problem}"
+    elif item.existing:
+        state = f"already there: {item.existing} ({file.size:,} bytes, the official size)"
+    else:
+        staged = staging_area.staged_bytes(item.folder / STAGING)
+        state = "to download" + (f", resuming ({human_size(staged)} fetched)" if staged else "")
+        if item.warning:
+            state += f"; but {item.warning} Free space first."
     return (
         f"{file.filename}: {file.role}\n"
         f"  size:   {human_size(file.size)} ({file.size:,} bytes)\n"
         f"  from:   {file.url}\n"
-        f"  to:     {folders.destination(file.folder)}  (ComfyUI folder '{file.folder}': models/{file.folder}/)\n"
+        f"  to:     {item.folder}  (ComfyUI folder '{file.folder}': models/{file.folder}/)\n"
         f"  sha256: {file.sha256}\n"
         f"  status: {state}"
     )
 
 
 def run(files: list[ModelFile], folders: ModelFolders, dry_run: bool) -> int:
-    todo = [file for file in files if folders.existing(file) is None]
+    plans = [plan(file, folders) for file in files]
+    problems = [item.problem for item in plans if item.problem]
+    todo = [item for item in plans if item.existing is None and not item.problem]
     if dry_run:
-        for file in files:
-            print(describe(file, folders))
-        total = sum(file.size for file in todo)
+        for item in plans:
+            print(describe(item))
+        total = sum(item.file.size for item in todo)
         print(f"{len(todo)} of {len(files)} files to download, {human_size(total)} in all.")
-        return 0
-    for file in files:
-        existing = folders.existing(file)
-        if existing is not None:
-            if existing.stat().st_size != file.size:
-                raise DownloadError(
-                    f"{existing} is {existing.stat().st_size:,} bytes, not the official {file.size:,}: it may be an "
-                    "unfinished copy. Delete or rename it, then run this command again."
-                )
-            logger.info("%s: already there (%s)", file.filename, existing)
+        if problems:
+            print(f"error: the download would stop: {len(problems)} of the files need you first (see 'stop:' above).",
+                  file=sys.stderr)
+        return 1 if problems else 0
+    if problems:
+        raise DownloadError("\n".join(problems))
+    for item in plans:
+        if item.existing is not None:
+            logger.info("%s: already there (%s)", item.file.filename, item.existing)
             continue
-        target = fetch(file, folders.destination(file.folder))
-        logger.info("%s: saved to %s (size and SHA-256 checked)", file.filename, target)
+        try:
+            target = fetch(item.file, item.folder)
+        except OSError as error:
+            raise DownloadError(_failure(item.file, item.folder, error)) from error
+        logger.info("%s: saved to %s (size and SHA-256 checked)", item.file.filename, target)
     return 0
 
 
@@ -235,6 +300,9 @@ def main(argv=None) -> int:
         return run(select_files(args.sd15, args.detector), folders, args.dry_run)
     except DownloadError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # reading the folders (the downloads' own errors are DownloadErrors)
+        print(f"error: {os_errors.explain(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopped; run the same command again to resume.", file=sys.stderr)

@@ -3,11 +3,11 @@
     python -m flashface_core.verify_golden DIR [DIR ...]
 
 Finds every golden set below each DIR and prints one JSON line per set:
-- model sets (``flashface_tiny.ckpt``, ``golden.json``, ``golden.safetensors``): the
+- model sets (flashface_tiny.ckpt, golden.json, golden.safetensors): the
   checkpoint loaded with LoadFlashFace's loader, its outputs reproduced through ComfyUI's
   model with the FlashFace patches, the relative error of each (bar: 1e-4);
-- detector sets (``retinaface_resnet50_random.pth``, ``golden.json``,
-  ``golden.safetensors``, the photos): the official detection path per photo, with raw
+- detector sets (retinaface_resnet50_random.pth, golden.json,
+  golden.safetensors, the photos): the official detection path per photo, with raw
   head outputs within 1e-4 relative, boxes and landmarks within 0.05 photo pixels, scores
   within 1e-4 and crops within a mean absolute difference of 0.5 (of 255).
 Exits 1 if any set fails.
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     sets = golden_model.find_golden_sets(args.dirs)
     detector_sets = golden_faces.find_golden_sets(args.dirs)
     if not sets and not detector_sets:
-        print(f"no golden sets (folders with {golden_model.SETTINGS} and {golden_model.TENSORS} beside {golden_model.CHECKPOINT} or "
+        print(f"error: no golden sets (folders with {golden_model.SETTINGS} and {golden_model.TENSORS} beside {golden_model.CHECKPOINT} or "
               f"{golden_faces.WEIGHTS}) under {args.dirs}", file=sys.stderr)
         return 1
     failed = False
