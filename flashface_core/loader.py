@@ -4,14 +4,24 @@ The one place where the model (``model/``) and the reference injection (``inject
 meet: the loader node, the golden checks and the tests all load through here.
 """
 
+from pathlib import Path
+
 from .injection.wrappers import install
 from .model.checkpoint import load_flashface_state_dict
-from .model.loading import TORCH_DTYPES, WeightDtype, build_model_patcher
+from .model.loading import TORCH_DTYPES, WeightDtype, build_model_patcher, checked_unet_config
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """A FlashFace checkpoint's tensors (pack layout) and U-Net configuration, every tensor checked
+    against the architecture; nothing allocated beyond what the file maps. CheckpointError otherwise."""
+    state_dict = load_flashface_state_dict(path)
+    return state_dict, checked_unet_config(state_dict, Path(path).name)
 
 
 def load_flashface(path, weight_dtype: str = WeightDtype.DEFAULT):
     """Read a FlashFace checkpoint (official or pack layout) into a patched ComfyUI MODEL."""
     dtype = TORCH_DTYPES[WeightDtype.checked(weight_dtype, "weight_dtype")]
-    patcher = build_model_patcher(load_flashface_state_dict(path), dtype)
+    state_dict, unet_config = read_checkpoint(path)
+    patcher = build_model_patcher(state_dict, dtype, unet_config, Path(path).name)
     install(patcher)
     return patcher

@@ -170,3 +170,112 @@ def test_web_page_saved_as_checkpoint(tmp_path):
     message = _error(path)
     assert "not a torch checkpoint" in message and "download it again" in message
     assert "weights_only" not in message
+
+
+def test_out_of_memory_while_reading_is_not_called_truncated(official, tmp_path, monkeypatch):
+    path, _ = official
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] . DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 10485760000 bytes.")
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    message = _error(path)
+    assert "Out of memory" in message and "fp16" in message and path.name in message
+    assert "download" not in message and "truncated" not in message
+
+
+def _rewrite_second_half(path):
+    size = path.stat().st_size
+    with path.open("r+b") as f:  # in place, same size: a memory-mapped tensor would see it
+        f.seek(size // 2)
+        f.write(b"\0" * (size - size // 2 - 4096))
+
+
+@pytest.mark.host
+def test_disable_mmap_is_followed(official, tmp_path, monkeypatch):
+    """Under ComfyUI's --disable-mmap the tensors are read into memory: rewriting the file
+    afterwards (as a download in progress would) does not change them."""
+    import comfy.utils
+
+    source, state_dict = official
+    expected, _ = key_layout.convert_official(state_dict)
+    pickled, packed = tmp_path / "flashface.ckpt", tmp_path / "flashface.safetensors"
+    for disabled in (True, False):
+        pickled.write_bytes(source.read_bytes())
+        save_file({k: v.contiguous() for k, v in expected.items()}, str(packed))
+        monkeypatch.setattr(comfy.utils, "DISABLE_MMAP", disabled)
+        for path in (pickled, packed):
+            loaded = checkpoint.load_flashface_state_dict(path)
+            _rewrite_second_half(path)
+            unchanged = all(torch.equal(loaded[k], expected[k]) for k in expected)
+            assert unchanged is disabled, (path.name, disabled)
+
+
+def _consistent_file(tmp_path, official, width_scale: int):
+    """A few-KB file whose every tensor views one element, shaped like a consistent U-Net
+    ``width_scale`` times as wide as the tiny model."""
+    _, state_dict = official
+    converted, _ = key_layout.convert_official(state_dict)
+    base = torch.zeros(1, dtype=torch.float16)
+    claimed = {k: base.expand(tuple(d * width_scale if d % 32 == 0 and d not in (768, 0) else d for d in v.shape))
+               for k, v in converted.items()}
+    path = tmp_path / "huge.ckpt"
+    torch.save(claimed, path)
+    return path
+
+
+def refuse_real_models(monkeypatch):
+    """Where a file must be refused before any model is built: building one fails the test
+    (checking shapes builds on the meta device, which costs no memory and is allowed)."""
+    from comfyui_flashface.flashface_core.model import flashface_model
+
+    real = flashface_model.FlashFaceModel.__init__
+
+    def init(self, model_config, device=None):
+        if device is None or torch.device(device).type != "meta":
+            raise AssertionError(f"a {model_config.unet_config['model_channels']}-channel model was built")
+        real(self, model_config, device=device)
+
+    monkeypatch.setattr(flashface_model.FlashFaceModel, "__init__", init)
+
+
+@pytest.mark.host
+def test_a_small_file_cannot_ask_for_an_enormous_model(official, tmp_path, monkeypatch):
+    from comfyui_flashface.flashface_core.loader import load_flashface
+
+    refuse_real_models(monkeypatch)
+    path = _consistent_file(tmp_path, official, 40)  # 1280 channels: 16 times the official model's weights
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match="huge.ckpt: its U-Net would be 1280 channels wide; FlashFace-SD1.5 is 320"):
+        load_flashface(path)
+
+
+@pytest.mark.host
+def test_every_tensor_shape_is_checked_before_building(official, tmp_path, monkeypatch):
+    """A tensor the configuration keys do not show (a reference-U-Net layer) is checked against
+    the model the configuration builds, on the meta device."""
+    from comfyui_flashface.flashface_core.loader import load_flashface
+
+    refuse_real_models(monkeypatch)
+    _, state_dict = official
+    converted, _ = key_layout.convert_official(state_dict)
+    key = "reference_unet.output_blocks.4.1.transformer_blocks.0.ff.net.2.weight"
+    converted[key] = torch.zeros(converted[key].shape[0], converted[key].shape[1] * 1000, dtype=torch.float16)
+    path = tmp_path / "odd.safetensors"
+    save_file({k: v.contiguous() for k, v in converted.items()}, str(path))
+    with pytest.raises(CheckpointError, match=rf"odd.safetensors: the tensor shapes do not fit .*{key}"):
+        load_flashface(path)
+
+
+@pytest.mark.host
+def test_out_of_memory_while_building_says_what_to_do(official, monkeypatch):
+    from comfyui_flashface.flashface_core.loader import load_flashface
+    from comfyui_flashface.flashface_core.model import flashface_model
+
+    def no_memory(self, sd, unet_prefix=""):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes.")
+
+    monkeypatch.setattr(flashface_model.FlashFaceModel, "load_model_weights", no_memory)
+    with pytest.raises(CheckpointError, match="Out of memory while building the torch.float16 model from flashface_tiny.ckpt"):
+        load_flashface(official[0], "fp16")

@@ -162,7 +162,7 @@ def test_several_faces_policies(faces_dir):
     pair.paste(right, (380, 50))
     images = torch.from_numpy(np.asarray(pair).astype(np.float32) / 255)[None]
 
-    with pytest.raises(ValueError, match="Reference image 0 holds 2 faces"):
+    with pytest.raises(ValueError, match=r"Reference image 0 \(images #0, counting from 0\) holds 2 faces"):
         face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, FaceChoice.ERROR_IF_SEVERAL)
     with pytest.raises(ValueError, match="no face index 2"):
         face_references.encode_reference_faces(StandInVAE(), images, CENTERFACE, FaceChoice.BY_INDEX, 2)
@@ -229,6 +229,57 @@ def test_chained_references_come_first_and_fill_once_at_the_end():
     assert first.fill_to == 4 and first.model_latents()[:, 0, 14, 14].tolist() == [0, 0, 0, 0]
     assert both.latents[:, 0, 14, 14].tolist() == [0, 1]  # fill on by default on both nodes: no early repeats
     assert both.model_latents()[:, 0, 14, 14].tolist() == [0, 1, 0, 1]
+
+
+class StandInDetector:
+    """Finds no face, after preparing each photo exactly as RetinaFace does (resize and pad at every
+    detection size), so the arithmetic on odd shapes runs for real."""
+
+    name, provider, sizes = Detector.RETINAFACE, "CPUExecutionProvider", face_detection.DETECTION_SIZES
+
+    def __init__(self):
+        self.seen = []
+
+    def detect(self, rgb, threshold, size):
+        from comfyui_flashface.flashface_core.faces import retinaface
+
+        pixels, *_ = retinaface.to_input(rgb, size)
+        assert pixels.shape == (3, size, size)
+        self.seen.append(rgb.shape[:2])
+        return []
+
+
+@pytest.mark.parametrize("shape", [(64, 300000), (300000, 64)])
+def test_photos_of_extreme_aspect_ratios_are_named_or_cropped(monkeypatch, caplog, shape):
+    strip = torch.rand(1, *shape, 1)  # grayscale keeps the test's memory small
+    photo = torch.rand(1, 96, 128, 3)
+    # Face crops: the strip letterboxed, never an empty array.
+    references, crops = face_references.encode_reference_faces(
+        StandInVAE(), [("images", photo), ("image_3", strip)], Detector.PRE_CROPPED, fill_to_four=False)
+    assert len(references) == 2 and crops.shape == (2, 224, 224, 3)
+    across = 224 if shape[1] > shape[0] else 1, 1 if shape[1] > shape[0] else 224
+    lit = (crops[1].amax(dim=-1) > 0).nonzero()
+    assert lit[:, 1].max() - lit[:, 1].min() + 1 <= across[0] and lit[:, 0].max() - lit[:, 0].min() + 1 <= across[1]
+    # A detector cannot see a face in it: the message names the photo, and skipping skips it.
+    detector = StandInDetector()
+    monkeypatch.setattr(face_detection, "load_detector", lambda name: detector)
+    earlier = FlashFaceReferences(torch.zeros(2, 4, 28, 28))
+    with pytest.raises(ValueError, match=rf"No face can be found in reference image 2 \(image_3 #0, after 2 chained, "
+                                         rf"counting from 0\): it is {shape[1]}x{shape[0]} pixels"):
+        face_references.encode_reference_faces(StandInVAE(), [("image_3", strip)], Detector.RETINAFACE, previous=earlier)
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="No face found in any of the 2"):
+        face_references.encode_reference_faces(StandInVAE(), [("images", photo), ("image_3", strip)],
+                                               Detector.RETINAFACE, no_face=NoFace.SKIP)
+    assert f"reference image 1 (image_3 #0, counting from 0): it is {shape[1]}x{shape[0]}" in caplog.text
+    assert detector.seen == [(96, 128)] * len(face_detection.DETECTION_SIZES)  # the strip is never resized to nothing
+
+
+def test_a_wide_photo_a_detector_can_still_search_runs_at_every_size(monkeypatch):
+    detector = StandInDetector()
+    monkeypatch.setattr(face_detection, "load_detector", lambda name: detector)
+    with pytest.raises(ValueError, match=r"No face found in reference image 0 \(images #0, counting from 0\) by"):
+        face_references.encode_reference_faces(StandInVAE(), torch.rand(1, 64, 1280, 3), Detector.RETINAFACE)
+    assert detector.seen == [(64, 1280)] * len(face_detection.DETECTION_SIZES)
 
 
 # Bad input: clear errors before any detector is loaded

@@ -30,6 +30,9 @@ MIN_IMAGE_SIZE = 64
 MAX_IMAGE_SIDE = 4096
 _CHUNK_VALUES = 1 << 24  # values converted at a time
 _STRAIGHTENING_PASSES = 5
+# A detector sees the whole photo at its detection size (longer side); a face needs at least
+# this many pixels of the shorter side there to be found.
+MIN_DETECTED_SIDE = 32
 DEMO_REFERENCE_COUNT = 4
 _RANGE_TOLERANCE = 1e-3
 
@@ -69,7 +72,8 @@ def _check_images(images, name: str):
 def _to_rgb(image: torch.Tensor) -> np.ndarray:
     """One IMAGE [H, W, C] to uint8 RGB [H', W', 3], a few rows at a time, shrunk when huge."""
     height, width, channels = image.shape
-    factor = math.ceil(max(height, width) / MAX_IMAGE_SIDE)
+    # Never below the smallest photo taken: a 64x300000 strip is kept whole, not shrunk to nothing.
+    factor = max(1, min(math.ceil(max(height, width) / MAX_IMAGE_SIDE), min(height, width) // MIN_IMAGE_SIZE))
     if factor > 1:
         height, width = height // factor * factor, width // factor * factor
         logger.info("FlashFace: a %dx%d reference photo is shrunk %dx before detection.", width, height, factor)
@@ -161,6 +165,8 @@ def straightened_angle(detector, image: Image.Image, face, threshold: float) -> 
     angle = alignment.official_angle(face.landmarks)
     x1, y1, x2, y2 = face.box
     centre, side = ((x1 + x2) / 2, (y1 + y2) / 2), 3 * max(x2 - x1, y2 - y1)
+    if side < MIN_DETECTED_SIDE / 4:  # too few pixels to look again at
+        return angle
     for _ in range(_STRAIGHTENING_PASSES):
         rest = _remaining_angle(detector, image, centre, side, angle, threshold)
         if rest is None:
@@ -190,15 +196,23 @@ def crop_faces(photos, detector_name: str, threshold: float, face_choice: str, f
     two_passes = _uses_two_passes(straighten, detector_name)
     crops, kept = [], []
     for photo_index, (label, rgb) in enumerate(photos):
-        faces = detect_faces(detector, rgb, threshold)
+        height, width = rgb.shape[:2]
+        seen_side = min(height, width) * max(detector.sizes) / max(height, width)
+        faces = detect_faces(detector, rgb, threshold) if seen_side >= MIN_DETECTED_SIDE else []
         face = choose_face(faces, face_choice, face_index, label)
-        if face is None:
+        if face is None and seen_side < MIN_DETECTED_SIDE:
             message = (
-                f"No face found in {label} (of {len(photos)}, counting from 0) by the {detector_name} detector on "
+                f"No face can be found in {label}: it is {width}x{height} pixels, and the {detector_name} detector sees "
+                f"it {max(detector.sizes)} pixels long, so only {seen_side:.1f} pixels across; crop it around the face."
+            )
+        elif face is None:
+            message = (
+                f"No face found in {label} by the {detector_name} detector on "
                 f"{detector.provider} at threshold {threshold:g}"
                 + (f", even at detection sizes {', '.join(map(str, detector.sizes))}." if len(detector.sizes) > 1
                    else f" (detection size {detector.sizes[0]}).")
             )
+        if face is None:
             if no_face == NoFace.SKIP:
                 logger.warning("FlashFace: %s Skipping it.", message)
                 continue
@@ -210,7 +224,10 @@ def crop_faces(photos, detector_name: str, threshold: float, face_choice: str, f
             logger.info("FlashFace: %s holds %d faces; using the %s one.", label, len(faces), face_choice)
         image = Image.fromarray(rgb)
         angle = straightened_angle(detector, image, face, threshold) if two_passes else None
-        crops.append(alignment.align_face(image, face.box, face.landmarks, angle=angle))
+        try:
+            crops.append(alignment.align_face(image, face.box, face.landmarks, angle=angle))
+        except ValueError as error:  # a face box of no pixels
+            raise ValueError(f"{label}: {error} Lower the threshold or crop the photo around the face.") from None
         kept.append(photo_index)
     if not crops:
         raise ValueError(
@@ -221,16 +238,19 @@ def crop_faces(photos, detector_name: str, threshold: float, face_choice: str, f
     return crops, kept
 
 
-def _photos(images) -> list[tuple[str, np.ndarray]]:
-    """(label, uint8 RGB) per photo from one IMAGE or (input name, IMAGE) pairs, in order."""
+def _photos(images, earlier: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(label, uint8 RGB) per photo from one IMAGE or (input name, IMAGE) pairs, in order.
+
+    The label names the photo's place among all references, the chained ``earlier`` ones
+    included, and its input and place in that input's batch, counting from 0."""
     inputs = [("images", images)] if isinstance(images, torch.Tensor) else list(images)
     if not inputs:
         raise ValueError("No reference images: connect at least one photo.")
     photos = []
     for name, batch in inputs:
         for item, rgb in enumerate(images_to_rgb(batch, name)):
-            where = f" ({name} #{item})" if len(inputs) > 1 else ""
-            photos.append((f"reference image {len(photos)}{where}", rgb))
+            chained = f", after {earlier} chained" if earlier else ""
+            photos.append((f"reference image {earlier + len(photos)} ({name} #{item}{chained}, counting from 0)", rgb))
     return photos
 
 
@@ -261,7 +281,7 @@ def encode_reference_faces(
             f"The VAE makes {vae.latent_channels}-channel latents; FlashFace needs the SD1.5 VAE "
             f"({LATENT_CHANNELS} channels)."
         )
-    photos = _photos(images)
+    photos = _photos(images, len(previous) if previous is not None else 0)
 
     crops, kept = crop_faces(photos, detector, threshold, face_choice, face_index, no_face, straighten)
     logger.info("FlashFace: %d reference face(s) from images %s (detector: %s).", len(crops), kept, detector)

@@ -1,5 +1,6 @@
 """Putting reference faces on a FlashFace MODEL, with every input checked first."""
 
+import comfy.model_management
 import torch
 
 from ..contract import FlashFaceSettings, set_settings
@@ -38,6 +39,59 @@ def check_latent(latent_image: torch.Tensor):
         )
 
 
+QUERY_CHUNK = 256  # the smallest query chunk ComfyUI's split and sub-quadratic attention take
+
+
+def _tokens(height: int, width: int, level: int) -> int:
+    for _ in range(level):  # each downsample: a stride-2 convolution, padding 1
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return height * width
+
+
+def reference_bytes_per_face(model, height: int, width: int, itemsize: int) -> int:
+    """Device memory one reference face of ``height`` x ``width`` latent pixels needs in the main
+    pass, however ComfyUI splits the batch: its keys and values at every reference-attention
+    layer (held through the step), at the largest layer their copy beside one row's own keys and
+    one query chunk's float32 attention scores against them."""
+    unet = model.diffusion_model
+    lowest = len(unet.channel_mult) - 1
+    per_level = unet.num_res_blocks[0] + 1
+    held = copy = scores = 0
+    for name, layer in model.reference_attention.items():
+        block, index, _ = name.split("_")
+        tokens = _tokens(height, width, lowest if block == "middle" else lowest - int(index) // per_level)
+        values = 2 * tokens * layer.to_k.out_features
+        held += values * itemsize
+        copy = max(copy, values * itemsize)
+        scores = max(scores, QUERY_CHUNK * layer.heads * tokens * 4)
+    return held + copy + scores
+
+
+def _device_memory_for_references(device) -> int:
+    """Free memory on the device plus what ComfyUI could free there by unloading its models."""
+    free = comfy.model_management.get_free_memory(device)
+    loaded = sum(m.model_loaded_memory() for m in comfy.model_management.current_loaded_models
+                 if m.model is not None and m.device == device)
+    return free + loaded
+
+
+def check_reference_count(model, references: FlashFaceReferences, node: str):
+    """Refuse, before anything runs, a reference count whose features cannot fit on the device
+    even one condition at a time (the reference pass itself runs in chunks and always fits)."""
+    count, (height, width) = max(references.fill_to, len(references)), references.latents.shape[2:]
+    dtype = model.model.manual_cast_dtype or model.model.get_dtype()
+    per_face = reference_bytes_per_face(model.model, height, width, torch.empty((), dtype=dtype).element_size())
+    device = model.load_device
+    available = _device_memory_for_references(device)
+    limit = available // per_face
+    if count > limit:
+        raise ValueError(
+            f"{node}: {count} reference faces need about {count * per_face / 2**30:.1f} GB on {device} in every step "
+            f"({per_face / 2**20:.1f} MB each), and only {available / 2**30:.1f} GB can be had there: at most {limit} "
+            f"faces fit. Use fewer reference photos (or fill_to_four off), or free memory on the device."
+        )
+
+
 def apply_flashface(model, references: FlashFaceReferences, negative, strength: float, face_box=None, face_mask=None, node="ApplyFlashFace"):
     """A clone of the FlashFace ``model`` that reads ``references``; ``model`` is unchanged.
 
@@ -48,6 +102,7 @@ def apply_flashface(model, references: FlashFaceReferences, negative, strength: 
     if not isinstance(references, FlashFaceReferences):
         raise ValueError(f"{node}: connect the references output of FlashFace Encode Reference Faces.")
     context = text_embedding(model, negative, "negative")
+    check_reference_count(model, references, node)
     box = None if face_box is None or all(v == 0 for v in face_box) else face_box
     position = FacePosition(box=box, mask=face_mask) if (box is not None or face_mask is not None) else None
     patched = model.clone()

@@ -36,18 +36,35 @@ def reference_latents(model, settings: FlashFaceSettings, device, dtype) -> torc
     return model.process_latent_in(latents).to(dtype)
 
 
-def compute_reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, latents=None) -> dict:
+# Faces per reference U-Net batch: the pass's activations stay those of a few faces however
+# many there are. Each face runs on its own (convolutions, group norms and attention within
+# one face), so chunks give the same features as one batch.
+REFERENCE_PASS_CHUNK = 8
+
+
+def compute_reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, latents=None,
+                               chunk: int = REFERENCE_PASS_CHUNK) -> dict:
     """Run the reference U-Net at ``timestep`` and return each reference-attention layer's
     (K, V) of the recorded features, projected once for every row that reads them.
 
     As released, the pass runs the reference encoder, the *main* middle block and the
-    reference decoder, with the negative prompt as context and no mask channel.
+    reference decoder, with the negative prompt as context and no mask channel. It runs
+    ``chunk`` faces at a time; the features of all faces are joined along the token axis.
     """
-    unet = model.diffusion_model
-    reference_unet = model.reference_unet
     layers = model.reference_attention
     if latents is None:
         latents = reference_latents(model, settings, device, dtype)
+    parts = [_reference_pass(model, settings, timestep, device, dtype, latents[start:start + chunk])
+             for start in range(0, latents.shape[0], chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return {name: tuple(torch.cat([part[name][i] for part in parts], dim=1) for i in (0, 1)) for name in layers.keys()}
+
+
+def _reference_pass(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, latents) -> dict:
+    unet = model.diffusion_model
+    reference_unet = model.reference_unet
+    layers = model.reference_attention
     count = latents.shape[0]
     context = settings.reference_context.to(device=device, dtype=dtype).expand(count, -1, -1)
     steps = timestep.reshape(1).to(device).expand(count)

@@ -7,11 +7,10 @@ fail says what to do.
 
 import logging
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 from .key_layout import MAIN_PREFIX, PACK_PREFIXES, REFERENCE_ATTENTION_PREFIX, REFERENCE_UNET_PREFIX, convert_official, is_official_layout, is_pack_layout
 
@@ -38,6 +37,47 @@ def _describe_foreign(path: Path, keys: list[str]) -> str:
 
 
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; a legacy pickle
+# What an allocation failure says: MemoryError, or torch's CPU allocator and CUDA/MPS errors.
+_OUT_OF_MEMORY_MARKS = ("can't allocate", "defaultcpuallocator", "out of memory", "not enough memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and any(mark in str(error).lower() for mark in _OUT_OF_MEMORY_MARKS)
+
+
+def out_of_memory(name: str, doing: str) -> CheckpointError:
+    """The message for an allocation failure: the file is fine, memory is short."""
+    return CheckpointError(
+        f"Out of memory while {doing} {name}; the file itself is not at fault. Set weight_dtype to fp16 (half "
+        f"the memory of fp32), close other programs and unload other models (ComfyUI's 'Unload models'), "
+        f"or convert the file to fp16 once with `python -m flashface_core.convert`."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def mmap_disabled() -> bool:
+    """ComfyUI's ``--disable-mmap``, read when a file is loaded (``comfy.utils`` holds the flag);
+    off without a ComfyUI host (the converter on its own)."""
+    try:
+        import comfy.utils
+    except ImportError:
+        return False
+    return bool(getattr(comfy.utils, "DISABLE_MMAP", False))
+
+
+def _torch_load(path: Path, mmap: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as error:
+        if not mmap or "mmap" not in str(error):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
 def _load_pickle(path: Path) -> dict:
@@ -50,39 +90,60 @@ def _load_pickle(path: Path) -> dict:
             f"download it again."
         )
     try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError:
+        # Memory-mapped as the spec asks (a 10 GB file on 16 GB machines), unless ComfyUI runs with --disable-mmap.
+        data = _torch_load(path, mmap=not mmap_disabled())
+    except Exception as error:  # the weights-only unpickler and the zip reader raise many kinds on crafted input
+        if isinstance(error, PermissionError):
+            raise
+        if is_out_of_memory(error):
+            raise out_of_memory(path.name, "reading") from None
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+            raise CheckpointError(
+                f"{path.name} was refused: it is not a plain tensor checkpoint (it holds Python objects or "
+                f"code, which are never loaded). Use the official flashface.ckpt."
+            ) from None
         raise CheckpointError(
-            f"{path.name} was refused: it is not a plain tensor checkpoint (it holds Python objects or "
-            f"code, which are never loaded). Use the official flashface.ckpt."
+            f"{path.name} could not be read as a torch checkpoint ({_first_line(error)}). "
+            f"It is truncated or damaged: download it again."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(
-            f"{path.name} could not be read as a torch checkpoint ({str(error).splitlines()[0]}). "
-            f"It is truncated or not a checkpoint: download it again."
-        ) from None
-    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path.name} does not hold a state dict of tensors; it is not a FlashFace checkpoint.")
+    _check_tensors(path, data)
     return data
 
 
+def _check_tensors(path: Path, data):
+    """A flat dict of named, plain (dense, floating-point) tensors; anything else is not a checkpoint."""
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+        raise CheckpointError(f"{path.name} does not hold a state dict of named tensors; it is not a FlashFace checkpoint.")
+    for key, tensor in data.items():
+        if tensor.layout != torch.strided or not tensor.is_floating_point() or tensor.is_quantized:
+            raise CheckpointError(
+                f"{path.name}: tensor {key} is {tensor.dtype} ({tensor.layout}); a FlashFace checkpoint holds "
+                f"fp32, fp16 or bf16 weights. The file is damaged or another model."
+            )
+
+
 def _load_safetensors(path: Path) -> tuple[dict, dict]:
+    copy = mmap_disabled()  # as comfy.utils.load_torch_file does under --disable-mmap
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, metadata
-    except (SafetensorError, OSError, ValueError) as error:
+            tensors = {}
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                tensors[key] = tensor.to(device="cpu", copy=True) if copy else tensor
+    except Exception as error:  # SafetensorError (lying header, bad dtype), OSError, a bad header's JSON
+        if isinstance(error, PermissionError):
+            raise
+        if is_out_of_memory(error):
+            raise out_of_memory(path.name, "reading") from None
         raise CheckpointError(
-            f"{path.name} could not be read as safetensors ({error}). It is truncated or not a "
-            f"safetensors file: download or convert it again."
+            f"{path.name} could not be read as safetensors ({_first_line(error)}). It is truncated, damaged or not "
+            f"a safetensors file: download or convert it again."
         ) from None
+    _check_tensors(path, tensors)
+    return tensors, metadata
 
 
 def load_flashface_state_dict(path: str | Path) -> dict:
@@ -93,10 +154,15 @@ def load_flashface_state_dict(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"FlashFace checkpoint not found: {path}")
-    if path.suffix.lower() in (".safetensors", ".sft"):
-        state_dict, _ = _load_safetensors(path)
-    else:
-        state_dict = _load_pickle(path)
+    try:
+        if path.suffix.lower() in (".safetensors", ".sft"):
+            state_dict, _ = _load_safetensors(path)
+        else:
+            state_dict = _load_pickle(path)
+    except OSError as error:  # before reading: a file that cannot be opened
+        raise CheckpointError(
+            f"{path.name} could not be opened ({_first_line(error)}): check that the file is readable by ComfyUI."
+        ) from None
     keys = list(state_dict)
     if is_pack_layout(keys):
         extra = [k for k in keys if not k.startswith(PACK_PREFIXES)]
@@ -126,12 +192,18 @@ def validate_pack_state_dict(state_dict: dict, source: Path | str = "checkpoint"
     ref_stem = state_dict.get(REFERENCE_UNET_PREFIX + "input_blocks.0.0.weight")
     if main_stem is None or ref_stem is None:
         raise CheckpointError(f"{name} lacks the {'main' if main_stem is None else 'reference'} U-Net's first layer; the file is incomplete.")
-    if main_stem.ndim != 4 or main_stem.shape[1] != 5:
+    for stem, which, expected in ((main_stem, "main", 5), (ref_stem, "reference", 4)):
+        if stem.ndim != 4:
+            raise CheckpointError(
+                f"{name}: the {which} U-Net's first layer has shape {tuple(stem.shape)}, not a convolution's; "
+                f"the file is damaged or not a FlashFace-SD1.5 checkpoint."
+            )
+    if main_stem.shape[1] != 5:
         raise CheckpointError(
             f"{name}: the main U-Net takes {main_stem.shape[1]} input channels; FlashFace's takes 5 "
             f"(latent + face-position mask). This is not a FlashFace-SD1.5 checkpoint."
         )
-    if ref_stem.ndim != 4 or ref_stem.shape[1] != 4:
+    if ref_stem.shape[1] != 4:
         raise CheckpointError(f"{name}: the reference U-Net takes {ref_stem.shape[1]} input channels, expected 4.")
     if not any(k.startswith(REFERENCE_ATTENTION_PREFIX) for k in state_dict):
         raise CheckpointError(f"{name} has no reference-attention layers; it is not a FlashFace checkpoint.")

@@ -85,13 +85,16 @@ def _convert_transformer_block(rest: str) -> str | None:
 def _convert_inner(inner: str) -> str | None:
     """Convert a key inside one sub-module of a U-Net block (a ResBlock, attention stack or resampler)."""
     head = inner.split(".", 1)[0]
-    if head.isdigit():  # upsample: `Sequential(Upsample, Conv2d)`; the conv is `.1`
-        return "conv." + inner.split(".", 1)[1] if head == "1" else None
+    if head.isdecimal():  # upsample: `Sequential(Upsample, Conv2d)`; the conv is `.1`
+        return "conv." + inner.split(".", 1)[1] if head == "1" and "." in inner else None
     converted = _map_pairs(inner, _RESIDUAL) or _map_pairs(inner, _ATTENTION_STACK)
     if converted is not None:
         return converted
     if head == "blocks":
-        _, index, rest = inner.split(".", 2)
+        parts = inner.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdecimal():
+            return None
+        _, index, rest = parts
         block = _convert_transformer_block(rest)
         return None if block is None else f"transformer_blocks.{index}.{block}"
     return None
@@ -100,7 +103,7 @@ def _convert_inner(inner: str) -> str | None:
 def _convert_unet_key(section: str, rest: str) -> str | None:
     """``section`` is encoder/middle/decoder, ``rest`` the key after ``<prefix>_<section>.``."""
     index, _, tail = rest.partition(".")
-    if not index.isdigit():
+    if not index.isdecimal():
         return None
     if section == "encoder" and tail in ("weight", "bias"):
         # A bare conv: the stem at 0, a downsample conv elsewhere.
@@ -109,7 +112,7 @@ def _convert_unet_key(section: str, rest: str) -> str | None:
         inner = _convert_inner(tail)
         return None if inner is None else f"middle_block.{index}.{inner}"
     sub, _, inner = tail.partition(".")
-    converted = _convert_inner(inner) if sub.isdigit() else None
+    converted = _convert_inner(inner) if sub.isdecimal() else None
     if converted is None:
         return None
     blocks = "input_blocks" if section == "encoder" else "output_blocks"
@@ -122,7 +125,7 @@ def _convert_reference_attention(section: str, rest: str) -> str | None:
     parts = location.split(".")  # decoder: <block>.<sub>.blocks.<transformer>; middle: <sub>.blocks.<transformer>
     if section == "middle":
         parts = ["0"] + parts
-    if len(parts) != 4 or parts[2] != "blocks" or not (parts[0].isdigit() and parts[3].isdigit()):
+    if len(parts) != 4 or parts[2] != "blocks" or not (parts[0].isdecimal() and parts[3].isdecimal()):
         return None
     name, _, tail = projection.partition(".")
     if name not in _REFERENCE_ATTENTION:
