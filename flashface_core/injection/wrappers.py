@@ -45,8 +45,8 @@ def empty_reference_cache(patcher, unpatch_all: bool):
     """ON_DETACH: ComfyUI unloaded the model (``free_memory``: "Unload models", POST /free, or
     room for other models), so the cache goes too. A clone's ``__del__`` and ComfyUI's swap of
     one loaded clone for another detach without unpatching: the model stays, and so does the cache."""
-    cache = reference_cache(patcher)
-    if unpatch_all and cache is not None:
+    cache = reference_cache(patcher) if unpatch_all else None
+    if cache is not None:
         cache.clear()
 
 
