@@ -8,8 +8,6 @@ copying it. This module imports nothing of the pack at run time.
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -34,8 +32,7 @@ WRAPPER_KEY = "flashface"
 FACE_MASK_KEY = "flashface_face_mask"  # the FacePosition the model's mask channel reads
 REFERENCES_KEY = "flashface_references"  # the references, for the model's memory estimate
 
-CACHE_MB_ENV = "FLASHFACE_REFERENCE_CACHE_MB"
-DEFAULT_CACHE_MB = 2048
+DEFAULT_CACHE_MB = 2048  # the reference-pass cache's bound, LoadFlashFace's reference_cache_mb
 
 
 class MenuChoice(str, Enum):
@@ -96,26 +93,13 @@ class GuidanceSettings:
             raise ValueError(f"The reference guidance start must be a fraction between 0 and 1, got {self.reference_start}.")
 
 
-def _default_cache_mb() -> int:
-    value = os.environ.get(CACHE_MB_ENV)
-    if value is None:
-        return DEFAULT_CACHE_MB
-    try:
-        return max(0, int(value))
-    except ValueError:
-        logging.getLogger(__name__).warning(
-            "%s must be a whole number of megabytes, got %r; using %d.", CACHE_MB_ENV, value, DEFAULT_CACHE_MB
-        )
-        return DEFAULT_CACHE_MB
-
-
 @dataclass(frozen=True)
 class SpeedSettings:
     """The three speed levers, each exact up to float rounding; turn one off to compare or debug.
 
     - ``cache_reference_pass``: keep the reference pass's features per timestep with the
       MODEL, across runs, for the same references, negative prompt, weights, dtype and device
-      (at most ``cache_mb`` megabytes; default from ``FLASHFACE_REFERENCE_CACHE_MB``, else 2048).
+      (bounded by the loader's ``reference_cache_mb``; ``speed/reference_cache.py``).
     - ``share_encoder``: conditions with identical U-Net inputs in one call (the positive
       and positive-with-references rows) run the encoder once.
     - ``merged_attention``: a row's two reference attentions come from one attention over
@@ -125,11 +109,6 @@ class SpeedSettings:
     cache_reference_pass: bool = True
     share_encoder: bool = True
     merged_attention: bool = True
-    cache_mb: int = -1  # -1: the environment's or the default bound
-
-    def __post_init__(self):
-        if self.cache_mb < 0:
-            object.__setattr__(self, "cache_mb", _default_cache_mb())
 
     def __deepcopy__(self, memo):
         return self
@@ -144,8 +123,11 @@ def set_settings(patcher, settings: FlashFaceSettings):
     patcher.model_options.setdefault("transformer_options", {})[SETTINGS_KEY] = settings
 
 
+DEFAULT_SPEED = SpeedSettings()
+
+
 def get_speed(transformer_options: dict) -> SpeedSettings:
-    return transformer_options.get(SPEED_KEY) or SpeedSettings()
+    return transformer_options.get(SPEED_KEY) or DEFAULT_SPEED
 
 
 def set_speed(patcher, speed: SpeedSettings):

@@ -3,6 +3,7 @@
 import folder_paths
 from comfy_api.v0_0_2 import io
 
+from ..flashface_core.contract import DEFAULT_CACHE_MB
 from ..flashface_core.loader import load_flashface
 from ..flashface_core.model.loading import WeightDtype
 from ..flashface_core.model_files import folders, messages
@@ -25,6 +26,11 @@ class LoadFlashFace(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=WeightDtype, default=WeightDtype.DEFAULT, tooltip=(
                     "Weight precision. 'default' lets ComfyUI choose for your device (as for other "
                     "models); fp16/bf16 halve the memory of fp32.")),
+                io.Int.Input("reference_cache_mb", default=DEFAULT_CACHE_MB, min=0, max=1 << 20, step=256, optional=True,
+                             tooltip=(
+                    "System memory (MB) kept for the reference pass of repeat runs with the same faces: about 20 MB "
+                    "per step with 4 references in fp16. 0 turns the cache off. At most a quarter of this machine's "
+                    "memory; emptied when ComfyUI unloads the model (Unload models, /free).")),
             ],
             outputs=[io.Model.Output(tooltip="The FlashFace U-Net; connect it to ApplyFlashFace, FlashFaceSampler or LoRA loaders.")],
         )
@@ -35,8 +41,9 @@ class LoadFlashFace(io.ComfyNode):
         return messages.check_in_folder(folders.FLASHFACE, ckpt_name, FLASHFACE) or True
 
     @classmethod
-    def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
+    def execute(cls, ckpt_name, weight_dtype, reference_cache_mb=DEFAULT_CACHE_MB) -> io.NodeOutput:
         missing = messages.check_in_folder(folders.FLASHFACE, ckpt_name, FLASHFACE)
         if missing:
             raise FileNotFoundError(missing)
-        return io.NodeOutput(load_flashface(folder_paths.get_full_path(folders.FLASHFACE, ckpt_name), weight_dtype))
+        path = folder_paths.get_full_path(folders.FLASHFACE, ckpt_name)
+        return io.NodeOutput(load_flashface(path, weight_dtype, reference_cache_mb))

@@ -5,11 +5,15 @@ package's model); the insightface backend runs for real only where insightface a
 model pack are installed, and on a stand-in FaceAnalysis otherwise.
 """
 
+import gc
 import importlib.util
 import logging
 import math
+import os
+import shutil
 import sys
 import types
+import weakref
 
 import numpy as np
 import pytest
@@ -375,8 +379,16 @@ def test_incomplete_and_nested_packs(tmp_path):
     assert face_detection.find_insightface_pack("buffalo_l", [str(tmp_path / "elsewhere"), str(tmp_path)]) == str(pack)
 
 
-def test_insightface_backend_on_a_stand_in_face_analysis(monkeypatch):
-    """The calls the backend makes on insightface, which both 0.7.3 and 2.x provide."""
+def _stand_in_insightface(monkeypatch, get_model):
+    model_zoo = types.ModuleType("insightface.model_zoo")
+    model_zoo.get_model = get_model
+    monkeypatch.setitem(sys.modules, "insightface", types.ModuleType("insightface"))
+    monkeypatch.setitem(sys.modules, "insightface.model_zoo", model_zoo)
+
+
+def test_insightface_backend_on_a_stand_in_model_zoo(monkeypatch):
+    """The calls the backend makes on insightface (``model_zoo.get_model`` and the detector's
+    ``prepare`` and ``detect``, as in 0.7.3)."""
     pytest.importorskip("onnxruntime")
     calls = {}
 
@@ -385,36 +397,135 @@ def test_insightface_backend_on_a_stand_in_face_analysis(monkeypatch):
             return ["CPUExecutionProvider"]
 
     class DetModel:
+        taskname = "detection"
         session = Session()
+
+        def prepare(self, ctx_id, input_size):
+            calls["prepare"] = (ctx_id, input_size)
 
         def detect(self, bgr, input_size, max_num):
             calls["detect"] = (bgr[0, 0].tolist(), input_size, max_num, self.det_thresh)
             boxes = np.array([[10, 20, 110, 140, 0.9]], dtype=np.float32)
             return boxes, np.array([[[40, 60], [80, 62], [60, 90], [45, 110], [75, 111]]], dtype=np.float32)
 
-    class FaceAnalysis:
-        def __init__(self, name, root, providers, allowed_modules):
-            calls["init"] = (name, root, providers, allowed_modules)
-            self.det_model = DetModel()
+    def get_model(path, providers):
+        calls["get_model"] = (path, providers)
+        return DetModel()
 
-        def prepare(self, ctx_id, det_size):
-            calls["prepare"] = (ctx_id, det_size)
-
-    app = types.ModuleType("insightface.app")
-    app.FaceAnalysis = FaceAnalysis
-    monkeypatch.setitem(sys.modules, "insightface", types.ModuleType("insightface"))
-    monkeypatch.setitem(sys.modules, "insightface.app", app)
-
-    detector = face_detection.InsightFaceDetector("buffalo_l", "/models/insightface", ("CPUExecutionProvider",))
+    _stand_in_insightface(monkeypatch, get_model)
+    detector = face_detection.InsightFaceDetector("buffalo_l", "/models/buffalo_l/det_10g.onnx", ("CPUExecutionProvider",))
     rgb = np.zeros((200, 200, 3), dtype=np.uint8)
     rgb[..., 0] = 255
     faces = detector.detect(rgb, 0.42, 320)
-    assert calls["init"] == ("buffalo_l", "/models/insightface", ["CPUExecutionProvider"], ["detection"])
+    assert calls["get_model"] == ("/models/buffalo_l/det_10g.onnx", ["CPUExecutionProvider"])
     assert calls["prepare"][0] == 0  # ctx_id 0 keeps CUDA; a negative one would force the CPU
     assert calls["detect"] == ([0, 0, 255], (320, 320), 0, 0.42)  # BGR in
     assert detector.provider == "CPUExecutionProvider"
     assert faces[0].box == (10, 20, 110, 140) and faces[0].score == pytest.approx(0.9)
     assert faces[0].landmarks.shape == (5, 2)
+
+    DetModel.taskname = "recognition"
+    with pytest.raises(RuntimeError, match="det_10g.onnx is not a face detection model insightface knows"):
+        face_detection.InsightFaceDetector("buffalo_l", "/models/buffalo_l/det_10g.onnx", ("CPUExecutionProvider",))
+
+
+# Detector sessions under ComfyUI's model management
+
+
+def _session(detector) -> weakref.ref:
+    return weakref.ref(detector.session if hasattr(detector, "session") else detector.model.session)
+
+
+def _released(session: weakref.ref) -> bool:
+    """Whether nothing holds the session any more (its detector dropped by the caller)."""
+    gc.collect()
+    return session() is None
+
+
+@pytest.fixture
+def unloaded_after():
+    import comfy.model_management
+
+    yield
+    comfy.model_management.unload_all_models()
+
+
+@pytest.mark.host
+@needs_centerface
+def test_centerface_session_is_freed_with_comfyuis_unload_and_reloaded_for_a_new_file(monkeypatch, tmp_path, unloaded_after):
+    import comfy.model_management
+
+    model = tmp_path / "centerface.onnx"
+    shutil.copyfile(face_detection.centerface_model_path(), model)
+    monkeypatch.setattr(face_detection, "centerface_model_path", lambda: str(model))
+    first = face_detection.load_detector(CENTERFACE)
+    assert face_detection.load_detector(CENTERFACE) is first
+    comfy.model_management.unload_all_models()  # what POST /free and "Unload models" run
+    assert not face_detection._held
+    session, first = _session(first), None
+    assert _released(session)
+
+    second = face_detection.load_detector(CENTERFACE)
+    replaced = tmp_path / "new.onnx"
+    shutil.copyfile(face_detection.centerface_model_path(), replaced)
+    os.replace(replaced, model)  # another file under the same name
+    third = face_detection.load_detector(CENTERFACE)
+    assert third is not second and face_detection.load_detector(CENTERFACE) is third
+    session, second = _session(second), None
+    assert _released(session)  # the replaced file's session went at once
+
+
+def _tiny_onnx(path, outputs: int):
+    """A real ONNX graph with one image input and ``outputs`` outputs (a detector has at least 5)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 640, 640])
+    results = [helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [1, 3, 640, 640]) for i in range(outputs)]
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], [f"out{i}"]) for i in range(outputs)], "tiny",
+                              [image], results)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+@pytest.mark.host
+def test_insightface_loads_only_the_packs_detector_and_is_freed_with_comfyui(monkeypatch, tmp_path, unloaded_after):
+    """Only the pack's detection file is opened (FaceAnalysis opens every .onnx of the pack); its
+    session goes with ComfyUI's unload."""
+    import comfy.model_management
+
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from comfyui_flashface.flashface_core.model_files import folders
+
+    pack = tmp_path / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    _tiny_onnx(pack / "det_10g.onnx", outputs=9)
+    for other in ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "w600k_r50.onnx"):
+        _tiny_onnx(pack / other, outputs=1)
+    opened = []
+
+    class Detection:
+        taskname = "detection"
+
+        def __init__(self, path, providers):
+            self.session = onnxruntime.InferenceSession(path, providers=providers)
+            assert len(self.session.get_outputs()) >= 5  # how insightface's model_zoo tells a detector
+
+        def prepare(self, ctx_id, input_size):
+            pass
+
+    def get_model(path, providers):
+        opened.append(os.path.basename(path))
+        return Detection(path, providers)
+
+    _stand_in_insightface(monkeypatch, get_model)
+    monkeypatch.setattr(folders, "insightface_roots", lambda: [str(tmp_path)])
+    detector = face_detection.load_detector(Detector.BUFFALO_L)
+    assert face_detection.load_detector(Detector.BUFFALO_L) is detector and opened == ["det_10g.onnx"]
+    comfy.model_management.unload_all_models()
+    assert not face_detection._held
+    session, detector = _session(detector), None
+    assert _released(session)
 
 
 @pytest.mark.host

@@ -208,7 +208,7 @@ def installed_weights(model_folders, golden_set):
     (model_folders["facedetection"] / retinaface.WEIGHTS_FILE).symlink_to(golden_set[0] / faces_golden.WEIGHTS)
     yield model_folders["facedetection"] / retinaface.WEIGHTS_FILE
     comfy.model_management.unload_all_models()
-    retinaface._loaded.clear()  # one loaded but never run is not ComfyUI's to unload
+    retinaface._held.clear()  # one loaded but never run is not ComfyUI's to unload
 
 
 @pytest.mark.host
@@ -246,8 +246,39 @@ def test_detector_loads_once_on_comfyuis_device_and_is_freed_with_it(installed_w
     network = weakref.ref(detector.patcher.model)
     del detector
     comfy.model_management.unload_all_models()
-    assert not retinaface._loaded and network() is None  # nothing kept once ComfyUI unloaded it
+    assert not retinaface._held and network() is None  # nothing kept once ComfyUI unloaded it
     assert retinaface.load_detector().patcher.model is not None
+
+
+SHUTDOWN_SCRIPT = """
+import sys
+from flashface_core.tools.host import import_comfyui
+import_comfyui()
+import numpy as np
+from flashface_core.faces import retinaface
+retinaface.find_weights = lambda: sys.argv[1]
+detector = retinaface.load_detector()
+detector.detect(np.zeros((64, 64, 3), dtype=np.uint8), 0.99)
+if sys.argv[2] == "failure":
+    try:
+        raise ValueError("a clean failure")
+    except ValueError:
+        sys.exit(1)
+"""
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("ending, status", [("success", 0), ("failure", 1)])
+def test_a_process_that_loaded_the_detector_exits_without_a_traceback(ending, status, tmp_path):
+    """ComfyUI's ModelPatcher.__del__ runs the detector's unload callback while Python shuts down."""
+    weights = GOLDEN_FACES_DIR / "retinaface_random" / faces_golden.WEIGHTS
+    if not weights.is_file():  # random weights of the same network serve as well
+        weights = tmp_path / retinaface.WEIGHTS_FILE
+        torch.save(retinaface.RetinaFace().state_dict(), weights)
+    env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([sys.executable, "-c", SHUTDOWN_SCRIPT, str(weights), ending], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == status and done.stderr == ""
 
 
 @pytest.mark.host

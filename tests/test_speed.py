@@ -216,9 +216,9 @@ def test_cache_key_covers_dtype_and_device():
 
     latents, context = torch.ones(2, 4, 8, 8), torch.ones(1, 77, 8)
     key = CacheKey(latents, context, "weights", torch.float32, torch.device("cpu"))
-    cache = ReferenceCache()
+    cache = ReferenceCache(limit_mb=1)
     features = {"middle_0_0": (torch.ones(1, 4, 8), torch.ones(1, 4, 8))}
-    cache.put(key, 500.0, features, limit_mb=1, store_device=CPU)
+    cache.put(key, 500.0, features)
     assert _same_tensors(cache.get(CacheKey(latents.clone(), context.clone(), "weights", torch.float32, CPU), 500.0), features)
     for other in (
         CacheKey(latents, context, "weights", torch.float16, torch.device("cpu")),
@@ -238,18 +238,18 @@ def test_cache_bound_drops_other_faces_first_then_stops_with_a_log_line(caplog):
         return CacheKey(torch.full((1, 4, 2, 2), float(value)), torch.zeros(1, 2, 2), "w", torch.float32, torch.device("cpu"))
 
     half = {"layer": (torch.zeros(MB // 8), torch.zeros(MB // 8))}  # 1 MB
-    cache = ReferenceCache()
-    cache.put(key(1), 1.0, half, limit_mb=2, store_device=CPU)
-    cache.put(key(2), 1.0, half, limit_mb=2, store_device=CPU)
-    cache.put(key(2), 2.0, half, limit_mb=2, store_device=CPU)
+    cache = ReferenceCache(limit_mb=2)
+    cache.put(key(1), 1.0, half)
+    cache.put(key(2), 1.0, half)
+    cache.put(key(2), 2.0, half)
     assert cache.get(key(1), 1.0) is None and _same_tensors(cache.get(key(2), 2.0), half)
     with caplog.at_level(logging.INFO):
-        cache.put(key(2), 3.0, half, limit_mb=2, store_device=CPU)
-        cache.put(key(2), 4.0, half, limit_mb=2, store_device=CPU)
+        cache.put(key(2), 3.0, half)
+        cache.put(key(2), 4.0, half)
     assert cache.get(key(2), 3.0) is None and cache.nbytes == 2 * MB
     assert [r.getMessage() for r in caplog.records].count(
         "FlashFace: the reference-pass cache is full (2 MB, 2 timesteps kept); other timesteps recompute the reference "
-        "pass. Set FLASHFACE_REFERENCE_CACHE_MB to change the bound."
+        "pass. Raise reference_cache_mb on Load FlashFace Model to keep more."
     ) == 1
 
 

@@ -5,10 +5,10 @@ Every backend gives the same result, a box, five landmarks (eye on the image's l
 on the image's right, nose, mouth left, mouth right) and a score, and says where it really
 runs (the onnxruntime backends on CUDA when it is there, on the CPU otherwise). insightface,
 onnxruntime and onnx are imported only when such a detector is loaded, so the pack and the
-default detector work without them; loaded ONNX detectors are kept for the next prompt.
+default detector work without them. Each loaded detector is kept for the next prompt while
+ComfyUI keeps it loaded, and reloaded when its file is replaced (``comfy_memory.py``).
 """
 
-import functools
 import importlib.util
 import logging
 import os
@@ -17,7 +17,7 @@ from importlib import metadata
 import numpy as np
 from PIL import Image
 
-from . import retinaface
+from . import comfy_memory, retinaface
 from .choices import Detector
 from .detected_face import DetectedFace
 
@@ -189,14 +189,15 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[in
 
 
 class InsightFaceDetector:
-    """The detector of an insightface model pack, through ``FaceAnalysis``."""
+    """The detector of an insightface model pack: its detection model alone, through ``model_zoo``
+    (``FaceAnalysis`` would load every model of the pack to keep this one)."""
 
     sizes = DETECTION_SIZES
 
-    def __init__(self, pack: str, root: str, providers: tuple[str, ...]):
+    def __init__(self, pack: str, model_path: str, providers: tuple[str, ...]):
         _import_onnxruntime()
         try:
-            from insightface.app import FaceAnalysis
+            from insightface.model_zoo import get_model
         except ImportError as error:
             raise RuntimeError(
                 f"The {pack} face detector needs insightface, which did not import ({error}). Install it "
@@ -204,10 +205,15 @@ class InsightFaceDetector:
                 f"beside onnxruntime-gpu), or choose the '{Detector.RETINAFACE}' detector."
             ) from error
         self.name = pack
-        analysis = FaceAnalysis(name=pack, root=root, providers=list(providers), allowed_modules=["detection"])
-        analysis.prepare(ctx_id=0, det_size=(DETECTION_SIZES[0], DETECTION_SIZES[0]))
-        self.model = analysis.det_model
-        self.provider = _report_provider(pack, providers, getattr(self.model, "session", None))
+        model = get_model(model_path, providers=list(providers))
+        if getattr(model, "taskname", None) != "detection":
+            raise RuntimeError(
+                f"{model_path} is not a face detection model insightface knows; get the '{pack}' pack again from "
+                f"{PACK_SOURCE.format(pack=pack)}, or choose the '{Detector.RETINAFACE}' detector."
+            )
+        model.prepare(ctx_id=0, input_size=(DETECTION_SIZES[0], DETECTION_SIZES[0]))  # ctx_id 0 keeps CUDA
+        self.model = model
+        self.provider = _report_provider(pack, providers, getattr(model, "session", None))
 
     def detect(self, rgb: np.ndarray, threshold: float, size: int) -> list[DetectedFace]:
         self.model.det_thresh = threshold
@@ -257,24 +263,26 @@ def centerface_model_path() -> str:
     return path
 
 
-@functools.lru_cache(maxsize=2)
-def _load(name: str, root: str, providers: tuple[str, ...]):
-    if name == Detector.CENTERFACE:
-        return CenterFaceDetector(root, providers)
-    return InsightFaceDetector(name, root, providers)
+_held = comfy_memory.HeldDetectors()
 
 
 def load_detector(name: str):
-    """A loaded detector, reused across prompts while its model files and providers stay the same
-    (RetinaFace: while ComfyUI's model management keeps it loaded)."""
+    """A loaded detector, reused across prompts while ComfyUI keeps it loaded and its model file
+    and providers stay the same."""
     if name not in DETECTORS:
         raise ValueError(f"Unknown face detector '{name}'; choose one of {', '.join(DETECTORS)}.")
     if name == Detector.RETINAFACE:
         return retinaface.load_detector()
     if name == Detector.CENTERFACE:
-        root = centerface_model_path()
+        path = centerface_model_path()
     else:
         from ..model_files import folders  # ComfyUI's folder_paths: only once the host is set up
 
-        root = os.path.dirname(os.path.dirname(find_insightface_pack(name, folders.insightface_roots())))
-    return _load(name, root, execution_providers())
+        path = os.path.join(find_insightface_pack(name, folders.insightface_roots()), INSIGHTFACE_PACKS[name][0])
+    providers = execution_providers()
+    key = (comfy_memory.file_identity(path), providers)
+    detector = _held.current(name, key)
+    if detector is None:
+        detector = CenterFaceDetector(path, providers) if name == Detector.CENTERFACE else InsightFaceDetector(name, path, providers)
+        _held.keep_beside_torch(name, key, detector)
+    return detector

@@ -12,8 +12,6 @@ facexlib and biubug6 files of the same network load with their key names mapped.
 
 import itertools
 import logging
-import os
-import weakref
 from functools import cache
 
 import numpy as np
@@ -23,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from ..model_files.catalog import DETECTOR
+from . import comfy_memory
 from .detected_face import DetectedFace
 
 logger = logging.getLogger(__name__)
@@ -343,26 +342,7 @@ class RetinaFaceDetector:
                 for box, points in zip(boxes, landmarks, strict=True)]
 
 
-_loaded: dict = {}
-
-
-def _release_with_comfy_record(detector: RetinaFaceDetector):
-    """Let go of an unloaded detector together with ComfyUI's record of it.
-
-    ComfyUI unloads models inside a loop over its records and drops a record after that
-    loop; a network freed inside the loop would make ComfyUI remove its record there and
-    then, under the loop. So the detector lives on exactly as long as the record.
-    """
-    import comfy.model_management
-
-    for record in comfy.model_management.current_loaded_models:
-        if record.model is detector.patcher:
-            weakref.finalize(record, _drop, detector)
-            return
-
-
-def _drop(_detector):
-    """Nothing to do: the finalizer holding the detector is what keeps it, until it runs."""
+_held = comfy_memory.HeldDetectors()
 
 
 def load_detector() -> RetinaFaceDetector:
@@ -371,21 +351,11 @@ def load_detector() -> RetinaFaceDetector:
     The one reference kept here is dropped when ComfyUI's model management unloads the
     detector (to make room, or on "unload models"), so nothing outlives what ComfyUI frees.
     """
-    import comfy.patcher_extension
-
     path = find_weights()
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    detector = _loaded.get(key)
+    key = comfy_memory.file_identity(path)
+    detector = _held.current(RetinaFaceDetector.name, key)
     if detector is None:
-        _loaded.clear()
         detector = RetinaFaceDetector(path)
         logger.info("FlashFace face detector retinaface loaded from %s; runs on %s", path, detector.provider)
-
-        def forget(patcher, *_):  # refers to nothing but the key, so no cycle keeps the network alive
-            if key in _loaded and _loaded[key].patcher is patcher:
-                _release_with_comfy_record(_loaded.pop(key))
-
-        detector.patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, forget)
-        _loaded[key] = detector
+        _held.keep(RetinaFaceDetector.name, key, detector, detector.patcher)
     return detector

@@ -125,7 +125,7 @@ def reference_features(model, settings: FlashFaceSettings, timestep: torch.Tenso
     if features is None:
         features = compute_reference_features(model, settings, timestep, device, dtype, latents)
         if key is not None:
-            cache.put(key, step, features, speed.cache_mb, model.current_patcher.offload_device)
+            cache.put(key, step, features)
     if run is not None:
         run.timestep, run.features, run.latents = step, features, latents
     return features

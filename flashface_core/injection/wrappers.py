@@ -6,13 +6,14 @@
   condition, and the run's reference-pass state, dropped when the run ends.
 - ``DIFFUSION_MODEL``: the shared-encoder speed lever (``speed/shared_encoder.py``).
 - ``attn1_patch`` / ``attn1_output_patch``: the reference attention (``reference_attention.py``).
+- ``ON_DETACH``: the reference-pass cache emptied when ComfyUI unloads the model.
 """
 
 import logging
 
 import comfy.patcher_extension
 
-from ..contract import CACHE_KEY, FACE_MASK_KEY, INJECTION_STATE_KEY, REFERENCES_KEY, RUN_STATE_KEY, SETTINGS_KEY, WRAPPER_KEY, condition_strengths, get_speed
+from ..contract import CACHE_KEY, DEFAULT_CACHE_MB, FACE_MASK_KEY, INJECTION_STATE_KEY, REFERENCES_KEY, RUN_STATE_KEY, SETTINGS_KEY, WRAPPER_KEY, condition_strengths, get_speed
 from ..speed.attention_lse import attention_lse_function
 from ..speed.reference_cache import ReferenceCache
 from ..speed.shared_encoder import diffusion_model_with_shared_encoder
@@ -20,21 +21,33 @@ from .reference_attention import InjectionState, add_reference_attention, row_mi
 from .reference_pass import ReferenceFeatureCache, reference_features
 
 
-def install(patcher):
+def install(patcher, reference_cache_mb: int = DEFAULT_CACHE_MB):
     """Add the FlashFace patches to a freshly loaded FlashFace MODEL (done once by the loader).
 
-    The reference-pass cache goes with them: every clone of this MODEL shares it."""
+    The reference-pass cache goes with them, bounded by ``reference_cache_mb`` (0: none):
+    every clone of this MODEL shares it."""
     patcher.set_model_attn1_patch(stash_attention_input)
     patcher.set_model_attn1_output_patch(add_reference_attention)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model_with_references)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, sample_with_references)
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_with_shared_encoder)
-    patcher.model_options.setdefault("transformer_options", {})[CACHE_KEY] = ReferenceCache()
+    if reference_cache_mb > 0:
+        patcher.model_options.setdefault("transformer_options", {})[CACHE_KEY] = ReferenceCache(reference_cache_mb)
+        patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DETACH, WRAPPER_KEY, empty_reference_cache)
 
 
 def reference_cache(patcher) -> ReferenceCache | None:
     """The reference-pass cache this MODEL shares with its clones."""
     return patcher.model_options.get("transformer_options", {}).get(CACHE_KEY)
+
+
+def empty_reference_cache(patcher, unpatch_all: bool):
+    """ON_DETACH: ComfyUI unloaded the model (``free_memory``: "Unload models", POST /free, or
+    room for other models), so the cache goes too. A clone's ``__del__`` and ComfyUI's swap of
+    one loaded clone for another detach without unpatching: the model stays, and so does the cache."""
+    cache = reference_cache(patcher) if unpatch_all else None
+    if cache is not None:
+        cache.clear()
 
 
 def _row_strengths(batch: int, transformer_options: dict, default: float) -> list[float]:

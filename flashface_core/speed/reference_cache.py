@@ -5,17 +5,42 @@ and the weights, never on the seed, the latent or the positive prompt: a second 
 same faces reuses it. Entries are grouped by everything but the timestep; a group is
 reused only when every part of its key matches. The memory is bounded: other groups are
 dropped first (oldest first), then new timesteps are no longer kept (with one log line).
-Entries are kept where ComfyUI offloads the model (system memory unless --gpu-only or
---highvram), outside its memory accounting on the GPU, and copied to the device when read.
+
+The memory is ComfyUI's to free, like the model's own: entries are kept in system memory
+whatever the VRAM mode (never on the GPU, where ComfyUI would not count them; not pinned,
+as ComfyUI pins none of its own) and copied to the device when read; the bound, chosen on
+the loader, is capped at a quarter of the machine's memory; the loader empties the cache
+when ComfyUI unloads the model ("Unload models", POST /free, or room for other models), and
+it goes with the MODEL when ComfyUI's node cache drops that.
 """
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 
+import comfy.model_management
 import torch
 
 logger = logging.getLogger(__name__)
 MB = 1 << 20
+STORE_DEVICE = torch.device("cpu")
+MAX_SHARE_OF_MEMORY = 4  # at most 1/4 of the machine's memory
+_live_caches = weakref.WeakSet()
+
+
+def held_bytes() -> int:
+    """Bytes of features held by every live reference-pass cache of this process."""
+    return sum(cache.nbytes for cache in list(_live_caches))
+
+
+def capped_mb(asked_mb: int) -> int:
+    """``asked_mb``, or a quarter of the machine's memory where that is less (with a log line)."""
+    cap = comfy.model_management.get_total_memory(STORE_DEVICE) // (MAX_SHARE_OF_MEMORY * MB)
+    if asked_mb > cap:
+        logger.info("FlashFace: the reference-pass cache is capped at %d MB (a quarter of this machine's memory) "
+                    "instead of the %d MB asked.", cap, asked_mb)
+        return cap
+    return asked_mb
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -56,14 +81,16 @@ def _moved(features: dict, device: torch.device) -> dict:
 class ReferenceCache:
     """Shared by every clone of one loaded MODEL; lives as long as that MODEL."""
 
-    def __init__(self):
+    def __init__(self, limit_mb: int):
+        self.limit_mb = capped_mb(limit_mb)
         self._groups: list[_Group] = []  # least recently used first
+        _live_caches.add(self)
 
     def __deepcopy__(self, memo):
         return self
 
     def __repr__(self):
-        return "ReferenceCache()"
+        return f"ReferenceCache({self.limit_mb})"
 
     @property
     def nbytes(self) -> int:
@@ -88,12 +115,13 @@ class ReferenceCache:
         features = None if group is None else group.features.get(timestep)
         return None if features is None else _moved(features, key.device)
 
-    def put(self, key: CacheKey, timestep: float, features: dict, limit_mb: int, store_device: torch.device):
+    def put(self, key: CacheKey, timestep: float, features: dict):
+        """Keep ``features`` (a copy in system memory) if they fit the bound."""
         group = self._group(key)
         if group is None:
             group = _Group(key)
             self._groups.append(group)
-        size, limit = _nbytes(features), limit_mb * MB
+        size, limit = _nbytes(features), self.limit_mb * MB
         while self.nbytes + size > limit and self._groups[0] is not group:
             self._groups.pop(0)
         if self.nbytes + size > limit:
@@ -101,12 +129,13 @@ class ReferenceCache:
                 group.warned = True
                 logger.info(
                     "FlashFace: the reference-pass cache is full (%d MB, %d timesteps kept); other timesteps recompute "
-                    "the reference pass. Set FLASHFACE_REFERENCE_CACHE_MB to change the bound.", limit_mb, len(group.features),
+                    "the reference pass. Raise reference_cache_mb on Load FlashFace Model to keep more.", self.limit_mb,
+                    len(group.features),
                 )
             if not group.features:
                 self._groups.remove(group)
             return
-        group.features[timestep] = {name: tuple(t.to(store_device) for t in pair) for name, pair in features.items()}
+        group.features[timestep] = {name: tuple(t.to(STORE_DEVICE) for t in pair) for name, pair in features.items()}
         group.nbytes += size
 
     def clear(self):

@@ -133,18 +133,19 @@ def widget_values(node: dict, definition: NodeDef) -> dict:
         values = []
     if isinstance(values, dict):  # some packs save widgets by name
         return {i.name: values[i.name] for i in widget_inputs if i.name in values}
-    expected = sum(i.widget_count for i in widget_inputs)
-    if len(values) != expected:
+    starts = [0]
+    for spec in widget_inputs:
+        starts.append(starts[-1] + spec.widget_count)
+    # A graph saved before a node gained optional inputs at its end lacks their values: as in the
+    # page, they take their defaults (here: left out of the prompt, so the node's default applies).
+    first_of_trailing_optional = next(i for i in range(len(widget_inputs), -1, -1) if i == 0 or widget_inputs[i - 1].required)
+    if len(values) not in starts[first_of_trailing_optional:]:
         raise GraphError(
             f"Node {node['id']} ({node['type']}) has {len(values)} widget values where this ComfyUI's "
-            f"{node['type']} has {expected}: the graph was saved with another version of the node. Load it in the "
+            f"{node['type']} has {starts[-1]}: the graph was saved with another version of the node. Load it in the "
             f"ComfyUI page and save it again."
         )
-    result, position = {}, 0
-    for spec in widget_inputs:
-        result[spec.name] = values[position]
-        position += spec.widget_count
-    return result
+    return {spec.name: values[start] for spec, start in zip(widget_inputs, starts) if start < len(values)}
 
 
 def widget_index(node: dict, definition: NodeDef, name: str) -> int | None:
