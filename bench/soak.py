@@ -16,7 +16,11 @@ checkpoint, a graph on a bad photo (not an image, the bomb, in turn), and ``POST
 After each step it prints the server process's resident memory (VmRSS) and the bytes the
 pack's reference-pass caches hold in the server (the probe node returns
 ``flashface_core.speed.reference_cache.held_bytes()`` of the pack as ComfyUI loaded it, or
-"n/a" where the pack has no such function). At the end: RSS first, after ``--warmup`` steps,
+"n/a" where the pack has no such function): at the end of a good graph ("run B": more than 0,
+or the probe could not see a leak) and in a prompt of its own afterwards ("cache B"), which
+keeps the last good graph's MODEL alive in ComfyUI's node cache. The /free steps alternate
+the page's "Unload models" (the MODEL stays in the node cache, unloaded) and "Free model and
+node cache"; after each the cache must hold 0 bytes. At the end: RSS first, after ``--warmup`` steps,
 last, and largest after those. Exit 1 if the RSS after the warm-up steps grows by more than
 ``--growth`` of what it was then, if the cache is not empty after a /free, if a good graph
 fails or a bad one does not fail with a message, or if the server dies.
@@ -35,7 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-FREE = {"unload_models": True, "free_memory": True}
+# What the page's "Unload models" sends, and what it sends with "Free model and node cache".
+FREES = ({"unload_models": True}, {"unload_models": True, "free_memory": True})
 CORRUPT_CHECKPOINT = "flashface_corrupt.ckpt"
 NOT_AN_IMAGE = "not_an_image.png"
 BOMB = "bomb.png"
@@ -56,9 +61,12 @@ class FlashFaceSoakProbe:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"nonce": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+        # model: keeps a MODEL alive in ComfyUI's node cache between prompts; after: runs the probe at
+        # the end of a graph (after its VAE Decode), while the graph's MODEL and its cache are alive.
+        return {"required": {"nonce": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})},
+                "optional": {"model": ("MODEL",), "after": ("IMAGE",)}}
 
-    def probe(self, nonce):
+    def probe(self, nonce, model=None, after=None):
         modules = [module for name, module in list(sys.modules.items()) if name.endswith(SUFFIX)]
         counts = [module.held_bytes() for module in modules if hasattr(module, "held_bytes")]
         return {"ui": {"held_bytes": [str(sum(counts)) if counts else "n/a"]}}
@@ -108,24 +116,36 @@ class Soak:
         self.timeout = timeout
         self.probes = itertools.count(1)
 
-    def held(self) -> str:
-        """The probe's answer: the pack's cache bytes in the server, or "n/a"."""
-        prompt = {"probe": {"class_type": "FlashFaceSoakProbe", "inputs": {"nonce": next(self.probes)}}}
-        entry = self.server.run(prompt, timeout=60)
+    def held(self, loader: tuple[str, dict] | None = None) -> str:
+        """The probe's answer: the pack's cache bytes in the server, or "n/a". With ``loader`` (a
+        LoadFlashFace node of the last graph, as it ran), the probe holds on to that node's MODEL,
+        which ComfyUI then keeps in its node cache instead of dropping it for the new prompt."""
+        probe = {"class_type": "FlashFaceSoakProbe", "inputs": {"nonce": next(self.probes)}}
+        prompt = {"probe": probe}
+        if loader is not None:
+            node_id, node = loader
+            prompt[node_id] = node
+            probe["inputs"]["model"] = [node_id, 0]
+        entry = self.server.run(prompt, timeout=self.timeout)
         return entry["outputs"]["probe"]["held_bytes"][0]
 
-    def prompt(self, prompt: dict) -> tuple[str, str]:
-        """(status, message) of one prompt: refused at /prompt, or ComfyUI's history status."""
+    def prompt(self, prompt: dict) -> tuple[str, str, str]:
+        """(status, message, cache bytes at the end of the graph) of one prompt: refused at /prompt,
+        or ComfyUI's history status; a probe runs after the graph's VAE Decode."""
+        decoders = [node_id for node_id, node in prompt.items() if node["class_type"] == "VAEDecode"]
+        prompt = {**prompt, "probe": {"class_type": "FlashFaceSoakProbe",
+                                      "inputs": {"nonce": next(self.probes), "after": [decoders[0], 0]}}}
         status, answer = self.server.post("/prompt", {"prompt": prompt, "client_id": "flashface-soak"})
         if status != 200 or answer.get("node_errors"):
-            return "refused", json.dumps(answer.get("node_errors") or answer)[:200]
+            return "refused", json.dumps(answer.get("node_errors") or answer)[:200], "-"
         entry = self.server.wait(answer["prompt_id"], timeout=self.timeout)
-        return entry["status"]["status_str"], error_message(entry)
+        during = entry["outputs"].get("probe", {}).get("held_bytes", ["-"])[0]
+        return entry["status"]["status_str"], error_message(entry), during
 
-    def free(self) -> tuple[str, str]:
-        status, _ = self.server.post("/free", FREE)
+    def free(self, payload: dict, loader) -> tuple[str, str]:
+        status, _ = self.server.post("/free", payload)
         # The worker takes the flags between two prompts: a first probe may run before them; the next one after.
-        self.held()
+        self.held(loader)
         return ("done" if status == 200 else f"HTTP {status}"), ""
 
 
@@ -137,7 +157,7 @@ def steps(count: int):
     yield from ((f"w{number}", "good", path, None) for number, path in enumerate(API_FILES, start=1))
     graphs = itertools.cycle(API_FILES)
     photos = itertools.cycle([NOT_AN_IMAGE, BOMB])
-    kinds = itertools.cycle(["good", "bad file", "bad photo", "free"])
+    kinds = itertools.cycle(["good", "free", "bad file", "bad photo"])  # /free right after a good graph: its MODEL is kept
     for number in range(1, count + 1):
         kind = next(kinds)
         if kind == "good":
@@ -161,29 +181,39 @@ def graph(path: Path, seed: int, change) -> dict:
     return prompt
 
 
+def loader_of(prompt: dict) -> tuple[str, dict]:
+    return next((node_id, node) for node_id, node in prompt.items() if node["class_type"] == "LoadFlashFace")
+
+
 def soak(server, args) -> int:
     runner = Soak(server, args.timeout)
-    rows, problems = [], []
-    print(f"{'step':>4}  {'kind':<9} {'graph':<34} {'status':<8} {'RSS MB':>8} {'cache B':>10} {'s':>6}  message")
+    rows, problems, loader, frees = [], [], None, itertools.cycle(FREES)
+    print(f"{'step':>4}  {'kind':<9} {'graph':<34} {'status':<8} {'RSS MB':>8} {'run B':>10} {'cache B':>10} {'s':>6}  message")
     for seed, (label, kind, path, change) in enumerate(steps(args.n), start=1):
         started = time.monotonic()
+        during, name = "-", path.stem if path else ""
         if kind == "free":
-            status, message = runner.free()
+            payload = next(frees)
+            name = "+".join(payload)
+            status, message = runner.free(payload, loader)
         else:
-            status, message = runner.prompt(graph(path, seed=seed, change=change))
-        held = runner.held()
+            prompt = graph(path, seed=seed, change=change)
+            status, message, during = runner.prompt(prompt)
+            loader = loader_of(prompt) if kind == "good" else None
+        held = runner.held(loader)
         rows.append({"label": label, "kind": kind, "rss": rss_mb(server.process.pid), "held": held})
-        name = path.stem if path else ""
         if change:
             name += f" ({change[2]})"
-        print(f"{label:>4}  {kind:<9} {name[:34]:<34} {status:<8} {rows[-1]['rss']:>8.1f} {held:>10} "
+        print(f"{label:>4}  {kind:<9} {name[:34]:<34} {status:<8} {rows[-1]['rss']:>8.1f} {during:>10} {held:>10} "
               f"{time.monotonic() - started:>6.1f}  {message[:120]}", flush=True)
         if kind == "good" and status != "success":
             problems.append(f"step {label}: the good graph {name} ended '{status}': {message}")
+        if kind == "good" and during == "0":
+            problems.append(f"step {label}: the reference caches held nothing at the end of {name}: the probe sees no cache")
         if kind in ("bad file", "bad photo") and (status != "error" or not message):
             problems.append(f"step {label}: the {kind} ({name}) ended '{status}' without a message")
         if kind == "free" and held not in ("0", "n/a"):
-            problems.append(f"step {label}: the reference caches hold {held} bytes after /free")
+            problems.append(f"step {label}: the reference caches hold {held} bytes after /free ({name})")
     return summary(rows, problems, args)
 
 
