@@ -193,7 +193,7 @@ def _check_sockets(where: str, node: dict, key: str, link_key: str):
     if not isinstance(sockets, list):
         raise GraphError(f"{where}: its '{key}' is not a list.")
     for slot, socket in enumerate(sockets):
-        if not isinstance(socket, dict) or not isinstance(socket.get("name", ""), str):
+        if not isinstance(socket, dict) or not isinstance(socket.get("name"), str):
             raise GraphError(f"{where}: {key} slot {slot} is not a socket with a name.")
         if not isinstance(socket.get("type", ""), (str, type(None))):
             raise GraphError(f"{where}: {key} slot {slot} has a type that is not text.")
@@ -258,6 +258,10 @@ class UiGraph:
         self.links = {}
         for index, link in enumerate(workflow["links"]):
             link = _check_link(index, link)
+            origin = self.nodes.get(link[1])
+            if origin is not None and link[2] >= len(origin.get("outputs") or []):
+                raise GraphError(f"Link {link[0]} comes from output {link[2]} of node {link[1]} ({origin['type']}), "
+                                 f"which has {len(origin.get('outputs') or [])} outputs: the graph file is damaged.")
             self.links[link[0]] = link
         self.definitions = definitions
         unknown = sorted({n["type"] for n in self.nodes.values() if n["type"] not in FRONTEND_ONLY and n["type"] not in definitions})
