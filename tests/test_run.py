@@ -184,3 +184,30 @@ def test_the_runner_holds_the_pack_once_as_comfyui_loads_it(models, photos, tmp_
     assert code == 0, result.stderr[-3000:]
     assert {m for m in modules if m.startswith("flashface_core")} == {"flashface_core", "flashface_core.run"}
     assert {f"{pack}.nodes", f"{pack}.flashface_core.tools.runner", f"{pack}.flashface_core.loader"} <= set(modules)
+
+
+def test_a_load_image_feeding_two_reference_inputs_takes_both_photos(models, photos, tmp_path):
+    """The graph's second photo input reads the first Load Image too: each --ref still lands (the second input
+    gets a Load Image of its own), ComfyUI validates and runs it, and the log says what happened."""
+    workflow = json.loads((ROOT / "workflows" / "flashface_from_photos.json").read_text())
+    second = next(node for node in workflow["nodes"] if node.get("title") == "Reference photo 2")
+    first = next(node for node in workflow["nodes"] if node.get("title") == "Reference photo 1")
+    link = next(link for link in workflow["links"] if link[1] == second["id"])
+    link[1] = first["id"]
+    first["outputs"][0]["links"].append(link[0])
+    workflow["nodes"].remove(second)
+    (tmp_path / "graph.json").write_text(json.dumps(workflow))
+    third = photos[0].parent / "face_3.png"
+    result = runner(str(tmp_path / "graph.json"), "--ref", str(photos[0]), "--ref", str(photos[1]), "--ref", str(third),
+                    "--steps", "1", "--width", "64", "--height", "64", "--out", str(tmp_path / "out"),
+                    "--input-directory", str(tmp_path / "input"), "--extra-model-paths-config", str(models),
+                    "--no-custom-nodes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (png,) = sorted((tmp_path / "out").glob("*.png"))
+    with Image.open(png) as image:
+        prompt = json.loads(image.info["prompt"])
+    encoder = next(node for node in prompt.values() if node["class_type"] == "FlashFaceEncodeReferenceFaces")["inputs"]
+    names = [prompt[encoder[name][0]]["inputs"]["image"] for name in ("images", "image_2", "image_3")]
+    assert [name.rsplit("/", 1)[1] for name in names] == ["ref01.png", "ref02.png", "ref03.png"], names
+    assert [(tmp_path / "input" / name).read_bytes() for name in names] == [p.read_bytes() for p in (*photos, third)]
+    assert "ref02.png -> new node" in result.stderr, result.stderr

@@ -166,6 +166,8 @@ def comfy_folders(args, work: Path) -> Folders:
     if args.input_directory:
         folder_paths.set_input_directory(str(Path(args.input_directory).expanduser().resolve()))
     out = Path(args.out).expanduser() if args.out else Path(folder_paths.get_output_directory())
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: a file, not a folder for the PNGs.")
     return Folders(input=Path(folder_paths.get_input_directory()).resolve(), output=out.resolve(), temp=work / "temp")
 
 
