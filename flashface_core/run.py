@@ -1,4 +1,4 @@
-"""``python -m flashface_core.run``: a FlashFace graph without the browser (``tools/runner.py``).
+"""python -m flashface_core.run: a FlashFace graph without the browser (tools/runner.py).
 
 The runner loads this pack into ComfyUI as the server does, so it runs from the copy of
 the pack that ComfyUI imports (under the module name ComfyUI gives a custom node folder):
@@ -14,7 +14,7 @@ PACK_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pack_package() -> str:
-    """The pack's package under ComfyUI's name for it, registered without running its ``__init__``
+    """The pack's package under ComfyUI's name for it, registered without running its __init__
     (ComfyUI runs that when it loads the nodes, reusing the modules imported here)."""
     name = str(PACK_ROOT).replace(".", "_x_")
     if name not in sys.modules:

@@ -50,10 +50,11 @@ def photos(tmp_path_factory) -> list[Path]:
 
 
 def test_runner_writes_images_with_the_prompt_and_workflow(models, photos, tmp_path):
-    out = tmp_path / "out"
+    out, inputs = tmp_path / "out", tmp_path / "input"
     result = runner("from_photos", "--ref", str(photos[0]), "--ref", str(photos[1]), "--prompt", "a man on a boat",
                     "--negative", "blurry", "--seed", "7", "--steps", "2", "--width", "64", "--height", "64",
-                    "--out", str(out), "--extra-model-paths-config", str(models), "--no-custom-nodes")
+                    "--out", str(out), "--input-directory", str(inputs), "--extra-model-paths-config", str(models),
+                    "--no-custom-nodes")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2/2" in result.stderr  # the progress bar reached the last step
     (png,) = sorted(out.glob("*.png"))
@@ -69,7 +70,11 @@ def test_runner_writes_images_with_the_prompt_and_workflow(models, photos, tmp_p
     assert prompt[sampler["inputs"]["positive"][0]]["inputs"]["text"] == "a man on a boat"
     assert prompt[sampler["inputs"]["negative"][0]]["inputs"]["text"] == "blurry"
     encoder = prompt[sampler["inputs"]["references"][0]]["inputs"]
-    assert [prompt[encoder[name][0]]["inputs"]["image"] for name in ("images", "image_2")] == ["ref01_face_1.png", "ref02_face_5.png"]
+    names = [prompt[encoder[name][0]]["inputs"]["image"] for name in ("images", "image_2")]
+    (run_folder,) = (inputs / "flashface-run").iterdir()
+    assert names == [f"flashface-run/{run_folder.name}/ref01.png", f"flashface-run/{run_folder.name}/ref02.png"]
+    # The photos stay where the saved workflow finds them: in the input folder, in a folder of the run.
+    assert [(inputs / name).read_bytes() for name in names] == [photo.read_bytes() for photo in photos]
     assert "image_3" not in encoder and list(kinds.values()).count("LoadImage") == 2  # the graph's third photo input: left empty
     texts = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "CLIPTextEncode"]
     assert sorted(texts) == ["a man on a boat", "blurry"]
@@ -88,7 +93,7 @@ def test_runner_names_every_missing_model_file(photos, tmp_path):
     (models / "flashface" / model_folder.FLASHFACE_FILE).symlink_to(model_folder.golden_checkpoint())
     graph = ROOT / "workflows" / "api" / "flashface_from_photos.json"
     result = runner(str(graph), "--ref", str(photos[0]), "--prompt", "a man", "--out", str(tmp_path / "out"),
-                    "--extra-model-paths-config", str(models_yaml(tmp_path)), "--no-custom-nodes")
+                    "--input-directory", str(tmp_path / "input"), "--extra-model-paths-config", str(models_yaml(tmp_path)), "--no-custom-nodes")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     for part in (f"{catalog.SD15.filename} is not in", catalog.SD15.url, "python -m flashface_core.download --sd15`",
@@ -97,14 +102,34 @@ def test_runner_names_every_missing_model_file(photos, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("case", ["missing photo", "not an image", "not json", "not a graph", "no such graph"])
+BAD_INPUTS = ["missing photo", "not an image", "a folder as photo", "400-megapixel photo", "not json", "not UTF-8",
+              "nested JSON", "a folder as graph", "not a graph", "no such graph", "bad option"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
-    photo, graph = FACES_DIR / "man_face" / "1.png", "from_photos"
+    photo, graph, more = FACES_DIR / "man_face" / "1.png", "from_photos", []
     if case == "missing photo":
         photo = tmp_path / "nowhere.png"
     elif case == "not an image":
         photo = tmp_path / "notes.png"
         photo.write_text("not a picture")
+    elif case == "a folder as photo":
+        photo = tmp_path
+    elif case == "400-megapixel photo":  # a few KB: PIL refuses it (DecompressionBombError)
+        photo = tmp_path / "huge.png"
+        Image.new("1", (20000, 20000)).save(photo)
+        assert photo.stat().st_size < 100_000
+    elif case == "not UTF-8":
+        graph = str(tmp_path / "graph.json")
+        Path(graph).write_bytes(b'{"nodes": [], "links": [], "x": "\xff"}')
+    elif case == "nested JSON":
+        graph = str(tmp_path / "graph.json")
+        Path(graph).write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "a folder as graph":
+        graph = str(tmp_path)
+    elif case == "bad option":
+        more = ["--width", "63"]
     elif case == "not json":
         graph = str(tmp_path / "graph.json")
         Path(graph).write_text("{nodes: ")
@@ -113,109 +138,41 @@ def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
         Path(graph).write_text(json.dumps({"name": "settings", "values": [1, 2]}))
     else:
         graph = "no_such_graph"
-    result = runner(graph, "--ref", str(photo), "--prompt", "a man", "--out", str(tmp_path / "out"))
+    result = runner(graph, "--ref", str(photo), "--prompt", "a man", "--out", str(tmp_path / "out"),
+                    "--input-directory", str(tmp_path / "input"), *more)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "input").exists()
 
 
-# How the options land in a graph (in-process, on API prompts)
-
-
-@pytest.fixture(scope="module")
-def definitions():
-    """The encoder's definition: all the reference mapping reads. (ComfyUI's nodes module stays unimported:
-    it puts comfy/ on sys.path, where comfy/utils.py shadows ComfyUI's utils package for later tests.)"""
-    from comfyui_flashface.flashface_core.tools import workflow_api
-    from comfyui_flashface.nodes.encode_faces import FlashFaceEncodeReferenceFaces
-
-    return {"FlashFaceEncodeReferenceFaces": workflow_api.node_def("FlashFaceEncodeReferenceFaces", FlashFaceEncodeReferenceFaces.INPUT_TYPES())}
-
-
-def chained_encoders() -> dict:
-    """Two Load Image nodes into two chained encoders, as graphs made before one encoder took several photos."""
-    def encoder(images, references=None):
-        inputs = {"vae": ["9", 2], "images": [images, 0], **({"references": [references, 0]} if references else {})}
-        return {"class_type": "FlashFaceEncodeReferenceFaces", "inputs": inputs}
-
-    return {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}}, "4": encoder("3", references="2"),
-            "2": encoder("1"), "3": {"class_type": "LoadImage", "inputs": {"image": "b.png"}}}
-
-
-def reference_images(prompt: dict, definitions) -> list[tuple[str, str]]:
-    from comfyui_flashface.flashface_core.tools import runner as run
-
-    return [(f"{encoder}.{name}", prompt[source]["inputs"]["image"]) for encoder, name, source in
-            run.reference_slots(prompt, definitions) if source]
-
-
-@pytest.mark.parametrize("photos, expected", [
-    (["p1"], [("2.images", "p1"), ("4.images", "p1")]),  # a required input repeats the photos in order
-    (["p1", "p2"], [("2.images", "p1"), ("4.images", "p2")]),
-    (["p1", "p2", "p3"], [("2.images", "p1"), ("2.image_2", "p3"), ("4.images", "p2")]),  # a free optional input
-])
-def test_references_fill_the_graphs_photo_inputs_in_reading_order(definitions, photos, expected):
-    from comfyui_flashface.flashface_core.tools import runner as run
-
-    prompt = chained_encoders()
-    run.place_references(prompt, definitions, photos)
-    assert reference_images(prompt, definitions) == expected
-
-
-def test_unused_optional_photo_inputs_are_disconnected(definitions):
-    from comfyui_flashface.flashface_core.tools import runner as run
-
-    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
-              "2": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
-              "3": {"class_type": "FlashFaceEncodeReferenceFaces", "inputs": {"images": ["1", 0], "image_2": ["2", 0]}}}
-    run.place_references(prompt, definitions, ["p1"])
-    assert prompt["3"]["inputs"] == {"images": ["1", 0]} and "2" not in prompt and prompt["1"]["inputs"]["image"] == "p1"
-    with pytest.raises(run.RunError, match="at most 16 reference photos"):
-        run.place_references(chained_encoders(), definitions, [f"p{i}" for i in range(17)])
-
-
-def test_prompts_reach_the_text_encoders_through_conditioning_nodes():
-    from comfyui_flashface.flashface_core.tools import runner as run
-
-    prompt = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "old", "clip": ["9", 1]}},
-              "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "old negative", "clip": ["9", 1]}},
-              "3": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["1", 0], "negative": ["2", 0]}},
-              "4": {"class_type": "KSampler", "inputs": {"positive": ["3", 0], "negative": ["3", 1], "seed": 1, "steps": 9}}}
-    run.set_text(prompt, "positive", "new")
-    run.set_text(prompt, "negative", "new negative")
-    run.set_every(prompt, run.SEED_INPUTS, 5, "--seed")
-    assert (prompt["1"]["inputs"]["text"], prompt["2"]["inputs"]["text"], prompt["4"]["inputs"]["seed"]) == (
-        "new", "new negative", 5)
-    with pytest.raises(run.RunError, match="no noise_seed input"):
-        run.set_every(prompt, ("noise_seed",), 5, "--seed")
-
-
-def test_the_photo_to_change_is_the_one_load_image_besides_the_references(definitions):
-    from comfyui_flashface.flashface_core.tools import runner as run
-
-    prompt = json.loads((ROOT / "workflows" / "api" / "flashface_face_inpaint.json").read_text())
-    (photo,) = run.other_load_images(prompt, definitions)
-    assert prompt[photo]["_meta"]["title"].startswith("Photo to change")
-    assert len(run.reference_slots(prompt, definitions)) == 2 + 6  # two photos, six free optional inputs
+def test_help_is_plain_text():
+    result = runner("--help")
+    assert result.returncode == 0 and "``" not in result.stdout, result.stdout
+    for part in ("default: ComfyUI's output folder", "input/flashface-run/<run id>/ref01.png", "chained",
+                 "transparent pixels cover the face"):
+        assert part in " ".join(result.stdout.split()), part
 
 
 def test_a_node_that_fails_gives_its_message_and_exit_status_1(models, tmp_path):
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (16, 16), "gray").save(tiny)
     result = runner("drawn_to_real", "--ref", str(tiny), "--prompt", "a woman", "--out", str(tmp_path / "out"),
-                    "--extra-model-paths-config", str(models), "--no-custom-nodes")
+                    "--input-directory", str(tmp_path / "input"), "--extra-model-paths-config", str(models),
+                    "--no-custom-nodes")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert "(FlashFaceEncodeReferenceFaces) failed: " in line and "16x16" in line, result.stderr
+    assert not any((tmp_path / "input").rglob("*.png"))  # the run's photos are taken out again
 
 
 def test_the_runner_holds_the_pack_once_as_comfyui_loads_it(models, photos, tmp_path):
     """The runner runs from the copy of the pack that ComfyUI imports to register its nodes, so there is
     one set of module state (the detector, the caches), as in the server."""
     args = ["from_photos", "--ref", str(photos[0]), "--prompt", "a man", "--steps", "1", "--width", "64",
-            "--height", "64", "--out", str(tmp_path / "out"), "--extra-model-paths-config", str(models), "--no-custom-nodes"]
+            "--height", "64", "--out", str(tmp_path / "out"), "--input-directory", str(tmp_path / "input"),
+            "--extra-model-paths-config", str(models), "--no-custom-nodes"]
     pack = str(ROOT).replace(".", "_x_")  # the module name ComfyUI gives a custom node folder
     script = ("import json, sys; import flashface_core.run as command; code = command.main(sys.argv[1:]); "
               f"print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in ('flashface_core', {pack!r}))]))")
@@ -227,3 +184,30 @@ def test_the_runner_holds_the_pack_once_as_comfyui_loads_it(models, photos, tmp_
     assert code == 0, result.stderr[-3000:]
     assert {m for m in modules if m.startswith("flashface_core")} == {"flashface_core", "flashface_core.run"}
     assert {f"{pack}.nodes", f"{pack}.flashface_core.tools.runner", f"{pack}.flashface_core.loader"} <= set(modules)
+
+
+def test_a_load_image_feeding_two_reference_inputs_takes_both_photos(models, photos, tmp_path):
+    """The graph's second photo input reads the first Load Image too: each --ref still lands (the second input
+    gets a Load Image of its own), ComfyUI validates and runs it, and the log says what happened."""
+    workflow = json.loads((ROOT / "workflows" / "flashface_from_photos.json").read_text())
+    second = next(node for node in workflow["nodes"] if node.get("title") == "Reference photo 2")
+    first = next(node for node in workflow["nodes"] if node.get("title") == "Reference photo 1")
+    link = next(link for link in workflow["links"] if link[1] == second["id"])
+    link[1] = first["id"]
+    first["outputs"][0]["links"].append(link[0])
+    workflow["nodes"].remove(second)
+    (tmp_path / "graph.json").write_text(json.dumps(workflow))
+    third = photos[0].parent / "face_3.png"
+    result = runner(str(tmp_path / "graph.json"), "--ref", str(photos[0]), "--ref", str(photos[1]), "--ref", str(third),
+                    "--steps", "1", "--width", "64", "--height", "64", "--out", str(tmp_path / "out"),
+                    "--input-directory", str(tmp_path / "input"), "--extra-model-paths-config", str(models),
+                    "--no-custom-nodes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (png,) = sorted((tmp_path / "out").glob("*.png"))
+    with Image.open(png) as image:
+        prompt = json.loads(image.info["prompt"])
+    encoder = next(node for node in prompt.values() if node["class_type"] == "FlashFaceEncodeReferenceFaces")["inputs"]
+    names = [prompt[encoder[name][0]]["inputs"]["image"] for name in ("images", "image_2", "image_3")]
+    assert [name.rsplit("/", 1)[1] for name in names] == ["ref01.png", "ref02.png", "ref03.png"], names
+    assert [(tmp_path / "input" / name).read_bytes() for name in names] == [p.read_bytes() for p in (*photos, third)]
+    assert "ref02.png -> new node" in result.stderr, result.stderr

@@ -4,26 +4,37 @@
         [--negative TEXT] [--seed N] [--steps N] [--width W --height H] [--photo PHOTO] [--out DIR]
 
 WORKFLOW is a graph file in the UI format (as the ComfyUI page saves it) or the API format,
-or the name of a shipped graph (``from_photos`` for ``workflows/flashface_from_photos.json``).
+or the name of a shipped graph (from_photos for workflows/flashface_from_photos.json).
 The graph runs in this process with ComfyUI's own executor, exactly as the server would run
-what the page queues, and its SaveImage nodes write PNGs into --out carrying the prompt and
-the workflow, as in the page.
+what the page queues. Its Save Image nodes write PNGs into --out (default: ComfyUI's output
+folder), never over an existing file, carrying the prompt and the UI graph that ran, so a PNG
+dropped on the ComfyUI page queues the same graph again.
+
+Where the photos go: --ref and --photo photos are copied into ComfyUI's input folder (or
+--input-directory), in a new folder per run, input/flashface-run/<run id>/ref01.png ...
+photo01.png, where the graph saved in the PNG finds them (removed again when the run fails).
+Other Load Image nodes read their own image names in ComfyUI's input folder, as in the page;
+a name outside that folder is refused.
 
 How the options land in the graph, always the same way:
 
-* ``--ref``: the Load Image nodes whose image reaches a FlashFace Encode Reference Faces
-  node, in the order the model reads them (the first encoder of a chain first, then each
-  encoder's image inputs from the top). Photos beyond those nodes go to the encoders' free
-  optional image inputs (image_2 ... image_8); with fewer photos than those nodes, the rest
-  repeat the photos in order on required inputs and are disconnected on optional ones. More
-  photos than image inputs is an error.
-* ``--prompt`` / ``--negative``: the text of the CLIP Text Encode nodes that feed samplers'
-  and guiders' ``positive`` / ``negative`` inputs (through any conditioning nodes between).
-* ``--seed``: every ``seed`` and ``noise_seed`` input; ``--steps``: every ``steps`` input
-  (samplers and schedulers); ``--width`` / ``--height``: every Empty Latent Image node's size.
-  Left out: the graph's values.
-* ``--photo``: the one other Load Image node (the photo whose face is regenerated in the
-  face-inpainting graph). Other Load Image nodes read ComfyUI's input folder.
+  --ref       the Load Image nodes whose image reaches a FlashFace Encode Reference Faces
+              node, in the order the model reads them (the first encoder of a chain first,
+              then each encoder's image inputs from the top). Photos beyond those nodes go to
+              the encoders' free optional image inputs (image_2 ... image_8), then to new
+              encoders chained after the last one (8 photos each): any number works. With
+              fewer photos than those nodes, the rest repeat the photos in order on required
+              inputs and are disconnected on optional ones. Without --ref, the graph's own
+              image names are used when they are in the input folder.
+  --prompt, --negative
+              the text of the CLIP Text Encode nodes that feed samplers' and guiders'
+              positive / negative inputs (through any conditioning nodes between).
+  --seed      every seed and noise_seed input; --steps: every steps input (samplers and
+              schedulers); --width / --height: every Empty Latent Image node's size.
+              Left out: the graph's values.
+  --photo     the one other Load Image node: the photo whose face is regenerated in the
+              face-inpainting graph, a PNG whose transparent pixels cover the face (Load
+              Image takes the mask from the alpha channel, as the MaskEditor paints it).
 
 Exit status: 0 when every output was written; 2 for bad arguments, a file that is not a photo
 or not a graph, a model file that is missing (with what to download) or a graph ComfyUI
@@ -32,9 +43,8 @@ refuses; 1 when a node fails while running (its message is printed).
 
 import argparse
 import asyncio
-import json
+import itertools
 import logging
-import shutil
 import sys
 import tempfile
 import uuid
@@ -42,218 +52,16 @@ from pathlib import Path
 
 from ..faces.choices import Detector
 from ..model_files.catalog import DETECTOR, FLASHFACE, SD15
-from . import host, workflow_api
+from . import host, run_options, workflow_api
 from .host import PACK_ROOT
+from .run_graph import RunError, find_workflow, read_graph, to_prompt
+from .run_options import ENCODER, SEED_INPUTS, place_references, set_every, set_size, set_text
+from .run_photos import Folders, RunInputs, check_graph_images, check_photo, claim
+from .run_workflow import workflow_that_ran
 
-ENCODER = "FlashFaceEncodeReferenceFaces"
-LOAD_IMAGE = "LoadImage"
-TEXT_ENCODE = "CLIPTextEncode"
-SEED_INPUTS = ("seed", "noise_seed")
+__all__ = ["RunError", "main", "run"]
 
 log = logging.getLogger("flashface_core.run")
-
-
-class RunError(Exception):
-    """Something the user can fix; the message says what, and the command exits with ``code``."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
-
-
-# ---------------------------------------------------------------- reading the inputs
-
-def find_workflow(name: str) -> Path:
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    for candidate in (name, f"{name}.json", f"flashface_{name}", f"flashface_{name}.json"):
-        shipped = PACK_ROOT / "workflows" / candidate
-        if shipped.is_file():
-            return shipped
-    shipped = ", ".join(p.stem.removeprefix("flashface_") for p in sorted((PACK_ROOT / "workflows").glob("*.json")))
-    raise RunError(f"{name}: no such file, and no shipped graph of that name (shipped: {shipped}).")
-
-
-def read_graph(path: Path) -> dict:
-    try:
-        graph = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunError(f"{path} is not a ComfyUI graph: it is not JSON ({error}).") from None
-    if workflow_api.is_ui_graph(graph) or workflow_api.is_api_graph(graph):
-        return graph
-    raise RunError(f"{path} is not a ComfyUI graph: save it from the ComfyUI page (Workflow > Save or Export (API)).")
-
-
-def check_photo(path_text: str) -> Path:
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise RunError(f"{path_text}: no such photo.")
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise RunError(f"{path_text} is not an image ComfyUI can read ({error}).") from None
-    return path.resolve()
-
-
-# ---------------------------------------------------------------- mapping the options onto the graph
-
-def _links(prompt: dict):
-    """(target id, input name, origin id, origin slot) for every link of an API prompt."""
-    for node_id, node in prompt.items():
-        for name, value in node["inputs"].items():
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt:
-                yield node_id, name, str(value[0]), value[1]
-
-
-def _encoders_in_order(prompt: dict) -> list[str]:
-    """Encoder nodes, each after the encoder whose references it extends."""
-    encoders = [i for i, n in prompt.items() if n["class_type"] == ENCODER]
-    ordered = []
-
-    def visit(node_id, seen=()):
-        if node_id in ordered or node_id in seen:
-            return
-        upstream = prompt[node_id]["inputs"].get("references")
-        if isinstance(upstream, list) and str(upstream[0]) in prompt and prompt[str(upstream[0])]["class_type"] == ENCODER:
-            visit(str(upstream[0]), (*seen, node_id))
-        ordered.append(node_id)
-
-    for node_id in sorted(encoders, key=_node_order):
-        visit(node_id)
-    return ordered
-
-
-def _node_order(node_id: str):
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
-
-
-def _image_inputs(definitions, class_type: str) -> list[workflow_api.InputDef]:
-    return [i for i in definitions[class_type].inputs if i.type == "IMAGE"]
-
-
-def _source_load_image(prompt: dict, value, seen=()) -> str | None:
-    """The LoadImage node an IMAGE input comes from (directly or through single-image nodes)."""
-    if not (isinstance(value, list) and len(value) == 2):
-        return None
-    origin = str(value[0])
-    if origin not in prompt or origin in seen:
-        return None
-    node = prompt[origin]
-    if node["class_type"] == LOAD_IMAGE:
-        return origin
-    images = [v for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2]
-    return _source_load_image(prompt, images[0], (*seen, origin)) if len(images) == 1 else None
-
-
-def reference_slots(prompt: dict, definitions) -> list[tuple[str, str, str | None]]:
-    """(encoder id, input name, LoadImage id or None for a free optional input), in reading order."""
-    slots = []
-    for encoder in _encoders_in_order(prompt):
-        inputs = prompt[encoder]["inputs"]
-        for spec in _image_inputs(definitions, ENCODER):
-            source = _source_load_image(prompt, inputs.get(spec.name))
-            if source is not None or spec.name not in inputs:
-                slots.append((encoder, spec.name, source))
-    return slots
-
-
-def place_references(prompt: dict, definitions, photos: list[str]) -> list[str]:
-    """Point the reference Load Image nodes at ``photos`` (names in the input folder); return a summary.
-
-    The graph's own reference Load Image nodes take the photos first, in reading order; photos
-    left over go to free optional image inputs (new Load Image nodes); graph Load Image nodes
-    left over repeat the photos on required inputs and are disconnected on optional ones.
-    """
-    slots = reference_slots(prompt, definitions)
-    linked = [slot for slot in slots if slot[2] is not None]
-    free = [slot for slot in slots if slot[2] is None]
-    if not linked:
-        raise RunError("This graph has no Load Image node feeding a FlashFace Encode Reference Faces node: --ref has nowhere to go.")
-    if len(photos) > len(slots):
-        raise RunError(f"This graph takes at most {len(slots)} reference photos; {len(photos)} were given. "
-                       "Use the many-references graph (workflows/flashface_many_references.json) for more.")
-    lines = []
-    next_id = max((int(i) for i in prompt if i.isdigit()), default=0) + 1
-    queue = list(photos)
-    for encoder, name, source in linked:
-        if queue:
-            photo = queue.pop(0)
-        elif definitions[ENCODER].input(name).required:
-            photo = photos[(len(lines) - len(photos)) % len(photos)]
-        else:
-            prompt[encoder]["inputs"].pop(name, None)
-            if not any(origin == source for _, _, origin, _ in _links(prompt)):
-                del prompt[source]
-            continue
-        prompt[source]["inputs"]["image"] = photo
-        lines.append(f"reference: {photo} -> node {source} -> {encoder}.{name}")
-    for (encoder, name, _), photo in zip(free, queue):
-        source, next_id = str(next_id), next_id + 1
-        prompt[source] = {"inputs": {"image": photo}, "class_type": LOAD_IMAGE, "_meta": {"title": f"Reference ({photo})"}}
-        prompt[encoder]["inputs"][name] = [source, 0]
-        lines.append(f"reference: {photo} -> new node {source} -> {encoder}.{name}")
-    return lines
-
-
-def _text_encoders_feeding(prompt: dict, which: str) -> list[str]:
-    """CLIPTextEncode nodes whose conditioning reaches an input named ``which`` of another node."""
-    found = []
-    for target, name, origin, _ in _links(prompt):
-        if name != which:
-            continue
-        stack, seen = [origin], set()
-        while stack:
-            node_id = stack.pop()
-            if node_id in seen:
-                continue
-            seen.add(node_id)
-            node = prompt[node_id]
-            if node["class_type"] == TEXT_ENCODE:
-                if node_id not in found:
-                    found.append(node_id)
-                continue
-            # Conditioning nodes in between (ControlNet apply, combine, ...): follow their conditioning inputs.
-            for input_name, value in node["inputs"].items():
-                if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt and input_name in (which, "conditioning", "conditioning_1", "conditioning_2", "conditioning_to", "conditioning_from"):
-                    stack.append(str(value[0]))
-    return found
-
-
-def set_text(prompt: dict, which: str, text: str) -> list[str]:
-    encoders = _text_encoders_feeding(prompt, which)
-    if not encoders:
-        raise RunError(f"This graph has no CLIP Text Encode node feeding a '{which}' input: --{'prompt' if which == 'positive' else 'negative'} has nowhere to go.")
-    for node_id in encoders:
-        prompt[node_id]["inputs"]["text"] = text
-    return [f"{which} prompt -> node {', '.join(encoders)}"]
-
-
-def set_every(prompt: dict, names: tuple[str, ...], value, option: str) -> list[str]:
-    targets = [(i, name) for i, node in prompt.items() for name in names
-               if name in node["inputs"] and not isinstance(node["inputs"][name], list)]
-    if not targets:
-        raise RunError(f"This graph has no {' or '.join(names)} input: {option} has nowhere to go.")
-    for node_id, name in targets:
-        prompt[node_id]["inputs"][name] = value
-    return [f"{option} {value} -> " + ", ".join(f"node {i}.{n}" for i, n in targets)]
-
-
-def set_size(prompt: dict, name: str, value: int) -> list[str]:
-    latents = [i for i, node in prompt.items() if node["class_type"] == "EmptyLatentImage"]
-    if not latents:
-        raise RunError(f"This graph has no Empty Latent Image node: --{name} has nowhere to go (its size comes from a photo).")
-    for node_id in latents:
-        prompt[node_id]["inputs"][name] = value
-    return [f"--{name} {value} -> node {', '.join(latents)}"]
-
-
-def other_load_images(prompt: dict, definitions) -> list[str]:
-    references = {source for _, _, source in reference_slots(prompt, definitions) if source}
-    return sorted((i for i, n in prompt.items() if n["class_type"] == LOAD_IMAGE and i not in references), key=_node_order)
 
 
 def missing_model_files(prompt: dict) -> list[str]:
@@ -264,9 +72,9 @@ def missing_model_files(prompt: dict) -> list[str]:
     for node in prompt.values():
         inputs, kind = node["inputs"], node["class_type"]
         message = None
-        if kind == "LoadFlashFace" and not isinstance(inputs.get("ckpt_name"), list):
+        if kind == "LoadFlashFace" and isinstance(inputs.get("ckpt_name"), str):
             message = messages.check_in_folder(folders.FLASHFACE, inputs.get("ckpt_name"), FLASHFACE)
-        elif kind == "CheckpointLoaderSimple" and not isinstance(inputs.get("ckpt_name"), list):
+        elif kind == "CheckpointLoaderSimple" and isinstance(inputs.get("ckpt_name"), str):
             message = messages.check_in_folder("checkpoints", inputs.get("ckpt_name"), SD15)
         elif (kind == ENCODER and inputs.get("detector") == Detector.RETINAFACE
               and not folders.find_detector_weights(DETECTOR.filename)):
@@ -275,8 +83,6 @@ def missing_model_files(prompt: dict) -> list[str]:
             found.append(message)
     return found
 
-
-# ---------------------------------------------------------------- running
 
 class _Server:
     """What ComfyUI's executor needs of its server when there is no web page to tell."""
@@ -329,25 +135,6 @@ def _load_model_paths(extra_configs: list[Path]):
         utils.extra_config.load_extra_path_config(str(config))
 
 
-def _setup_folders(work: Path, out_dir: Path):
-    import folder_paths
-
-    comfy_input = Path(folder_paths.get_input_directory())
-    (work / "input").mkdir()
-    (work / "temp").mkdir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    folder_paths.set_input_directory(str(work / "input"))
-    folder_paths.set_temp_directory(str(work / "temp"))
-    folder_paths.set_output_directory(str(out_dir.resolve()))
-    return comfy_input
-
-
-def _stage_photo(source: Path, input_dir: Path, index: int, prefix: str) -> str:
-    name = f"{prefix}{index:02d}_{source.name}"
-    shutil.copyfile(source, input_dir / name)
-    return name
-
-
 def _validation_messages(error, node_errors, prompt) -> list[str]:
     lines = []
     for node_id, entry in (node_errors or {}).items():
@@ -360,6 +147,66 @@ def _validation_messages(error, node_errors, prompt) -> list[str]:
     if not lines and error:
         lines.append(f"{error.get('message')}: {error.get('details')}")
     return lines
+
+
+def _load_model_paths(extra_configs: list[Path]):
+    """As main.py, before the nodes load: ComfyUI's extra_model_paths.yaml, then the ones given."""
+    host.import_comfyui()
+    import utils.extra_config
+
+    host_yaml = host.find_comfyui() / "extra_model_paths.yaml"
+    for config in ([host_yaml] if host_yaml.is_file() else []) + extra_configs:
+        utils.extra_config.load_extra_path_config(str(config))
+
+
+def comfy_folders(args, work: Path) -> Folders:
+    """ComfyUI's input folder (or --input-directory) and output folder (or --out), as the server uses them."""
+    import folder_paths
+
+    if args.input_directory:
+        folder_paths.set_input_directory(str(Path(args.input_directory).expanduser().resolve()))
+    out = Path(args.out).expanduser() if args.out else Path(folder_paths.get_output_directory())
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: a file, not a folder for the PNGs.")
+    return Folders(input=Path(folder_paths.get_input_directory()).resolve(), output=out.resolve(), temp=work / "temp")
+
+
+def _new_ids(prompt: dict, workflow: dict | None) -> itertools.count:
+    """Ids for added nodes, above every id of the prompt and of the UI graph (its notes and reroutes too)."""
+    ids = [int(i) for i in prompt if i.isdigit()]
+    if workflow is not None:
+        ids += [n["id"] for n in workflow["nodes"] if isinstance(n["id"], int)]
+        ids.append(workflow.get("last_node_id") if isinstance(workflow.get("last_node_id"), int) else 0)
+    return itertools.count(max(ids, default=0) + 1)
+
+
+def map_options(args, prompt: dict, definitions, photos: list[Path], photo: Path | None, inputs: RunInputs,
+                new_ids) -> tuple[list[str], set[str]]:
+    """Put the options into the prompt; return the log lines and the Load Image nodes given a photo."""
+    plan = []
+    if photos:
+        plan += place_references(prompt, definitions, [inputs.name("ref", i + 1, p) for i, p in enumerate(photos)], new_ids)
+    given = {i for i, n in prompt.items() if n["class_type"] == run_options.LOAD_IMAGE
+             and isinstance(n["inputs"].get("image"), str) and n["inputs"]["image"] in inputs.photos}
+    if photo is not None:
+        others = run_options.other_load_images(prompt, definitions)
+        if len(others) != 1:
+            raise RunError(f"--photo needs exactly one Load Image node besides the references; this graph has {len(others)}.")
+        prompt[others[0]]["inputs"]["image"] = inputs.name("photo", 1, photo)
+        given.add(others[0])
+        plan.append(f"photo: {photo.name} -> node {others[0]}")
+    if args.prompt is not None:
+        plan += set_text(prompt, "positive", args.prompt)
+    if args.negative is not None:
+        plan += set_text(prompt, "negative", args.negative)
+    if args.seed is not None:
+        plan += set_every(prompt, SEED_INPUTS, args.seed, "--seed")
+    if args.steps is not None:
+        plan += set_every(prompt, ("steps",), args.steps, "--steps")
+    for option, value in (("width", args.width), ("height", args.height)):
+        if value is not None:
+            plan += set_size(prompt, option, value)
+    return plan, given
 
 
 def run(args) -> list[Path]:
@@ -375,113 +222,80 @@ def run(args) -> list[Path]:
     _load_model_paths(extra_configs)
     host.load_nodes(other_custom_nodes=not args.no_custom_nodes)
     import execution
+    import folder_paths
 
     definitions = workflow_api.definitions_from_host()
-    try:
-        workflow = graph if workflow_api.is_ui_graph(graph) else None
-        prompt = workflow_api.to_api(graph, definitions) if workflow is not None else json.loads(json.dumps(graph))
-    except workflow_api.GraphError as error:
-        raise RunError(f"{workflow_path}: {error}") from None
-    unknown = sorted({n["class_type"] for n in prompt.values() if n["class_type"] not in definitions})
-    if unknown:
-        raise RunError(f"{workflow_path}: this ComfyUI has no node type {', '.join(unknown)}: install the custom nodes "
-                       "that provide it (--verbose shows the ones that failed to load).")
+    prompt = to_prompt(graph, definitions, workflow_path)
+    workflow = graph if workflow_api.is_ui_graph(graph) else None
 
     with tempfile.TemporaryDirectory(prefix="flashface-run-") as work_dir:
         work = Path(work_dir)
-        comfy_input = _setup_folders(work, Path(args.out))
-        input_dir = work / "input"
-        plan = []
-        if photos:
-            plan += place_references(prompt, definitions, [_stage_photo(p, input_dir, i + 1, "ref") for i, p in enumerate(photos)])
-        others = other_load_images(prompt, definitions)
-        if photo is not None:
-            if len(others) != 1:
-                raise RunError(f"--photo needs exactly one Load Image node besides the references; this graph has {len(others)}.")
-            prompt[others[0]]["inputs"]["image"] = _stage_photo(photo, input_dir, 1, "photo")
-            plan.append(f"photo: {photo.name} -> node {others[0]}")
-        else:
-            for node_id in others:  # as in the page: they read ComfyUI's input folder
-                name = prompt[node_id]["inputs"].get("image")
-                if isinstance(name, str) and (comfy_input / name).is_file():
-                    (input_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(comfy_input / name, input_dir / name)
-        if args.prompt is not None:
-            plan += set_text(prompt, "positive", args.prompt)
-        if args.negative is not None:
-            plan += set_text(prompt, "negative", args.negative)
-        if args.seed is not None:
-            plan += set_every(prompt, SEED_INPUTS, args.seed, "--seed")
-        if args.steps is not None:
-            plan += set_every(prompt, ("steps",), args.steps, "--steps")
-        for option, value in (("width", args.width), ("height", args.height)):
-            if value is not None:
-                plan += set_size(prompt, option, value)
+        folders = comfy_folders(args, work)
+        inputs = RunInputs(folders.input)
+        plan, given = map_options(args, prompt, definitions, photos, photo, inputs, _new_ids(prompt, workflow))
+        outside = check_graph_images(prompt, folders, given, run_options.reference_load_images(prompt, definitions),
+                                     run_options.other_load_images(prompt, definitions))
         for line in plan:
             log.info("%s", line)
-
         missing = missing_model_files(prompt)
         if missing:
             raise RunError("\n".join(missing))
+        saved_workflow = workflow_that_ran(workflow, prompt, definitions) if workflow is not None else None
 
-        prompt_id = str(uuid.uuid4())
-        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-        if not valid or node_errors:  # ComfyUI would still run the outputs that passed; the runner runs all or none
-            raise RunError("ComfyUI refused the graph:\n" + "\n".join(_validation_messages(error, node_errors, prompt)))
+        # The run saves into a folder of its own, whose images then move into the output folder under free
+        # names: two runs into one folder never overwrite each other's (ComfyUI's counter only counts).
+        staging = work / "output"
+        for path in outside:  # " [output]" images, read where the run's Save Image nodes write
+            target = staging / path.relative_to(folders.output)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+        (work / "temp").mkdir()
+        folder_paths.set_temp_directory(str(work / "temp"))
+        folder_paths.set_output_directory(str(staging))
+        staging.mkdir(exist_ok=True)
 
-        _progress_hook()
-        executor = execution.PromptExecutor(_Server())
-        extra = {"extra_pnginfo": {"workflow": _workflow_with(workflow, prompt, definitions)}} if workflow else {}
-        executor.execute(prompt, prompt_id, extra, outputs)
-        if not executor.success:
-            failure = next((data for event, data in executor.status_messages if event == "execution_error"), {})
-            raise RunError(f"node {failure.get('node_id')} ({failure.get('node_type')}) failed: "
-                           f"{failure.get('exception_message', '').strip()} (--verbose shows ComfyUI's log)", code=1)
-        saved = []
-        out_dir = Path(args.out).resolve()
-        for node_output in executor.history_result["outputs"].values():
-            for image in node_output.get("images", []):
-                if image.get("type") == "output":
-                    saved.append(out_dir / image.get("subfolder", "") / image["filename"])
-        return saved
+        if inputs.photos:
+            inputs.create()
+            log.info("photos: %s", inputs.folder)
+        try:
+            images = _execute(execution, prompt, saved_workflow)
+        except BaseException:
+            inputs.remove()
+            raise
+        try:
+            return [claim(staging / image.get("subfolder", "") / image["filename"], folders.output / image.get("subfolder", ""))
+                    for image in images]
+        except OSError as error:
+            raise RunError(f"cannot write into {folders.output} ({error.strerror or error}).") from None
 
 
-def _workflow_with(workflow: dict, prompt: dict, definitions) -> dict:
-    """The UI graph with the values the runner set and the reference inputs it left empty, so the PNG
-    reopens in the page as it ran (photos it added beyond the graph's Load Image nodes are in the prompt only)."""
-    workflow = json.loads(json.dumps(workflow))
-    dropped = [n for n in workflow["nodes"] if n["type"] == LOAD_IMAGE and n.get("mode", 0) == 0 and str(n["id"]) not in prompt]
-    kept_links = []
-    for link in workflow["links"]:
-        target = prompt.get(str(link[3]))
-        node = next(n for n in workflow["nodes"] if n["id"] == link[3])
-        emptied = (target is not None and target["class_type"] == ENCODER
-                   and node["inputs"][link[4]]["name"] not in target["inputs"])
-        if link[1] in {n["id"] for n in dropped} or emptied:
-            node["inputs"][link[4]]["link"] = None
-            for origin in workflow["nodes"]:
-                for output in origin.get("outputs") or []:
-                    if output.get("links") and link[0] in output["links"]:
-                        output["links"] = [i for i in output["links"] if i != link[0]] or None
-            continue
-        kept_links.append(link)
-    workflow["links"] = kept_links
-    workflow["nodes"] = [n for n in workflow["nodes"] if n not in dropped]
-    for node in workflow["nodes"]:
-        entry = prompt.get(str(node["id"]))
-        values = node.get("widgets_values")
-        if entry is None or not isinstance(values, list) or node["type"] not in definitions:
-            continue
-        for name, value in entry["inputs"].items():
-            index = workflow_api.widget_index(node, definitions[node["type"]], name)
-            if index is not None and index < len(values) and not isinstance(value, list):
-                values[index] = value
-    return workflow
+def _execute(execution, prompt: dict, workflow: dict | None) -> list[dict]:
+    """Validate and run the prompt as the server would; return its saved images' entries."""
+    prompt_id = str(uuid.uuid4())
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid or node_errors:  # ComfyUI would still run the outputs that passed; the runner runs all or none
+        raise RunError("ComfyUI refused the graph:\n" + "\n".join(_validation_messages(error, node_errors, prompt)))
+
+    _progress_hook()
+    executor = execution.PromptExecutor(_Server())
+    extra = {"extra_pnginfo": {"workflow": workflow}} if workflow else {}
+    executor.execute(prompt, prompt_id, extra, outputs)
+    if not executor.success:
+        failure = next((data for event, data in executor.status_messages if event == "execution_error"), {})
+        raise RunError(f"node {failure.get('node_id')} ({failure.get('node_type')}) failed: "
+                       f"{failure.get('exception_message', '').strip()} (--verbose shows ComfyUI's log)", code=1)
+    return [image for node_output in executor.history_result["outputs"].values()
+            for image in node_output.get("images", []) if image.get("type") == "output"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {message} (python -m flashface_core.run --help shows the options)\n")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flashface_core.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m flashface_core.run", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", help="graph file (UI or API format) or a shipped graph's name, e.g. from_photos")
     parser.add_argument("--ref", action="append", default=[], metavar="PHOTO", help="a reference photo (repeat for more)")
     parser.add_argument("--prompt", help="the positive prompt")
@@ -491,7 +305,9 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 (default: the graph's)")
     parser.add_argument("--height", type=int, help="image height, a multiple of 8 (default: the graph's)")
     parser.add_argument("--photo", help="the photo to change, for graphs with one Load Image besides the references")
-    parser.add_argument("--out", default="output", help="folder for the PNGs (default: ./output)")
+    parser.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: ComfyUI's output folder)")
+    parser.add_argument("--input-directory", metavar="DIR",
+                        help="ComfyUI's input folder, as ComfyUI's option of that name (default: ComfyUI's)")
     parser.add_argument("--extra-model-paths-config", action="append", default=[], metavar="YAML",
                         help="another extra_model_paths.yaml, as ComfyUI's option of that name")
     parser.add_argument("--no-custom-nodes", action="store_true", help="load only ComfyUI's nodes and this pack")

@@ -125,6 +125,21 @@ def is_api_graph(graph) -> bool:
             and all(isinstance(n, dict) and "class_type" in n and isinstance(n.get("inputs"), dict) for n in graph.values()))
 
 
+def check_api_prompt(prompt: dict) -> dict:
+    """An API prompt with the structure the runner reads (GraphError saying which node is wrong otherwise)."""
+    for node_id, node in prompt.items():
+        if not (isinstance(node, dict) and isinstance(node.get("class_type"), str) and isinstance(node.get("inputs"), dict)):
+            raise GraphError(f"Node {node_id} needs a class_type (text) and inputs (an object).")
+        where = f"Node {node_id} ({node['class_type']})"
+        meta = node.get("_meta", {})
+        if not isinstance(meta, dict) or not isinstance(meta.get("title", ""), str):
+            raise GraphError(f"{where}: its _meta is not an object with a title.")
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt and not _is_slot(value[1]):
+                raise GraphError(f"{where}: input '{name}' links to node {value[0]} without an output slot number.")
+    return prompt
+
+
 def widget_values(node: dict, definition: NodeDef) -> dict:
     """The values the node's widgets send, by input name."""
     values = node.get("widgets_values")
@@ -158,16 +173,96 @@ def widget_index(node: dict, definition: NodeDef, name: str) -> int | None:
     return None
 
 
-class _Graph:
+def _is_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_slot(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def id_order(node_id):
+    """Node ids in the frontend's order: numbers by value, then other ids by name."""
+    text = str(node_id)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def _check_sockets(where: str, node: dict, key: str, link_key: str):
+    sockets = node.get(key)
+    if sockets is None:
+        return
+    if not isinstance(sockets, list):
+        raise GraphError(f"{where}: its '{key}' is not a list.")
+    for slot, socket in enumerate(sockets):
+        if not isinstance(socket, dict) or not isinstance(socket.get("name"), str):
+            raise GraphError(f"{where}: {key} slot {slot} is not a socket with a name.")
+        if not isinstance(socket.get("type", ""), (str, type(None))):
+            raise GraphError(f"{where}: {key} slot {slot} has a type that is not text.")
+        value = socket.get(link_key)
+        if link_key == "link" and value is not None and not _is_id(value):
+            raise GraphError(f"{where}: input '{socket.get('name')}' has a link that is not a link id ({value!r}).")
+        if link_key == "links" and not (value is None or (isinstance(value, list) and all(map(_is_id, value)))):
+            raise GraphError(f"{where}: output '{socket.get('name')}' has links that are not a list of link ids.")
+
+
+def _check_node(index: int, node) -> dict:
+    if not isinstance(node, dict):
+        raise GraphError(f"nodes[{index}] is not a node (it is a {type(node).__name__}).")
+    if not _is_id(node.get("id")):
+        raise GraphError(f"nodes[{index}] has no valid id ({node.get('id')!r}).")
+    where = f"Node {node['id']}"
+    if not isinstance(node.get("type"), str) or not node["type"]:
+        raise GraphError(f"{where} has no node type (its 'type' is {node.get('type')!r}).")
+    where = f"Node {node['id']} ({node['type']})"
+    if "mode" in node and not _is_slot(node["mode"]):
+        raise GraphError(f"{where}: its mode {node['mode']!r} is not a number.")
+    if not isinstance(node.get("title", ""), (str, type(None))):
+        raise GraphError(f"{where}: its title is not text.")
+    if not isinstance(node.get("widgets_values"), (list, dict, type(None))):
+        raise GraphError(f"{where}: its widgets_values are not a list.")
+    _check_sockets(where, node, "inputs", "link")
+    _check_sockets(where, node, "outputs", "links")
+    return node
+
+
+LINK_FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+
+
+def _check_link(index: int, link) -> list:
+    """A link as the list [id, origin id, origin slot, target id, target slot, type] (the frontend also
+    saves links as objects with those names)."""
+    if isinstance(link, dict):
+        link = [link.get(name) for name in LINK_FIELDS]
+    if not isinstance(link, list) or len(link) < 5:
+        raise GraphError(f"links[{index}] is not a link ([id, origin, slot, target, slot, type]).")
+    link = (link + [None])[:6]
+    if not (_is_id(link[0]) and _is_id(link[1]) and _is_id(link[3]) and _is_slot(link[2]) and _is_slot(link[4])):
+        raise GraphError(f"links[{index}] ({link[:5]!r}) needs a link id, node ids and slot numbers.")
+    return link
+
+
+class UiGraph:
+    """A UI-format graph, checked for the structure the conversion reads."""
+
     def __init__(self, workflow: dict, definitions: dict[str, NodeDef]):
-        if workflow.get("definitions", {}).get("subgraphs"):
+        extra = workflow.get("definitions")
+        if extra is not None and not isinstance(extra, dict):
+            raise GraphError("The graph's 'definitions' entry is not an object.")
+        if (extra or {}).get("subgraphs"):
             raise GraphError("Graphs with subgraphs are not supported here: unpack the subgraphs in the ComfyUI page.")
-        self.nodes = {node["id"]: node for node in workflow["nodes"]}
+        self.nodes = {}
+        for index, node in enumerate(workflow["nodes"]):
+            node = _check_node(index, node)
+            if node["id"] in self.nodes:
+                raise GraphError(f"Two nodes have the id {node['id']}: the graph file is damaged.")
+            self.nodes[node["id"]] = node
         self.links = {}
-        for link in workflow["links"]:
-            if isinstance(link, dict):
-                link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                        link.get("type")]
+        for index, link in enumerate(workflow["links"]):
+            link = _check_link(index, link)
+            origin = self.nodes.get(link[1])
+            if origin is not None and link[2] >= len(origin.get("outputs") or []):
+                raise GraphError(f"Link {link[0]} comes from output {link[2]} of node {link[1]} ({origin['type']}), "
+                                 f"which has {len(origin.get('outputs') or [])} outputs: the graph file is damaged.")
             self.links[link[0]] = link
         self.definitions = definitions
         unknown = sorted({n["type"] for n in self.nodes.values() if n["type"] not in FRONTEND_ONLY and n["type"] not in definitions})
@@ -180,36 +275,36 @@ class _Graph:
             return None
         return self.links.get(inputs[slot]["link"])
 
-    def resolve_link(self, link, target_type, seen=None):
+    def resolve_link(self, link, target_type):
         """The (node id, output slot) a link really comes from, a ("value", v) pair, or None."""
-        seen = set() if seen is None else seen
-        if link is None:
-            return None
-        origin_id, origin_slot = link[1], link[2]
-        if (origin_id, origin_slot) in seen:
-            raise GraphError(f"Node {origin_id}: the links loop through bypassed or reroute nodes.")
-        seen.add((origin_id, origin_slot))
-        origin = self.nodes.get(origin_id)
-        if origin is None:
-            return None
-        mode = origin.get("mode", 0)
-        if origin["type"] == PRIMITIVE:
-            values = origin.get("widgets_values") or []
-            return ("value", values[0]) if values else None
-        if origin["type"] == REROUTE:
-            return self.resolve_link(self.input_link(origin, 0), target_type, seen)
-        if mode == BYPASSED:
-            slot = self._bypass_slot(origin, origin_slot, target_type)
-            return None if slot is None else self.resolve_link(self.input_link(origin, slot), target_type, seen)
-        if mode == MUTED or origin["type"] in FRONTEND_ONLY:
-            return None
-        return (str(origin_id), int(origin_slot))
+        seen = set()
+        while link is not None:
+            origin_id, origin_slot = link[1], link[2]
+            if (origin_id, origin_slot) in seen:
+                raise GraphError(f"Node {origin_id}: the links loop through bypassed or reroute nodes.")
+            seen.add((origin_id, origin_slot))
+            origin = self.nodes.get(origin_id)
+            if origin is None:
+                return None
+            if origin["type"] == PRIMITIVE:
+                values = origin.get("widgets_values")
+                return ("value", values[0]) if isinstance(values, list) and values else None
+            if origin["type"] == REROUTE:
+                link = self.input_link(origin, 0)
+            elif origin.get("mode", 0) == BYPASSED:
+                slot = self._bypass_slot(origin, origin_slot, target_type)
+                link = None if slot is None else self.input_link(origin, slot)
+            elif origin.get("mode", 0) == MUTED or origin["type"] in FRONTEND_ONLY:
+                return None
+            else:
+                return (str(origin_id), origin_slot)
+        return None
 
     @staticmethod
     def _bypass_slot(node: dict, slot: int, target_type):
         inputs = node.get("inputs") or []
         outputs = node.get("outputs") or []
-        output_type = outputs[slot]["type"] if slot < len(outputs) else None
+        output_type = outputs[slot].get("type") if slot < len(outputs) else None
 
         def fits(input_type, wanted):
             return input_type == wanted or "*" in (input_type, wanted) or (
@@ -217,13 +312,13 @@ class _Graph:
 
         if target_type in ("*", "", None):
             return slot if len(inputs) > slot else (0 if inputs else None)
-        if slot < len(inputs) and fits(inputs[slot]["type"], output_type) and fits(inputs[slot]["type"], target_type):
+        if slot < len(inputs) and fits(inputs[slot].get("type"), output_type) and fits(inputs[slot].get("type"), target_type):
             return slot
         for index, candidate in enumerate(inputs):
-            if candidate["type"] == target_type:
+            if candidate.get("type") == target_type:
                 return index
         for index, candidate in enumerate(inputs):
-            if fits(candidate["type"], output_type) and fits(candidate["type"], target_type):
+            if fits(candidate.get("type"), output_type) and fits(candidate.get("type"), target_type):
                 return index
         return None
 
@@ -232,7 +327,7 @@ class _Graph:
 
     def convert(self) -> dict:
         prompt = {}
-        for node_id in sorted(self.nodes):
+        for node_id in sorted(self.nodes, key=id_order):
             node = self.nodes[node_id]
             if node["type"] in FRONTEND_ONLY or node.get("mode", 0) in (MUTED, BYPASSED):
                 continue
@@ -264,7 +359,7 @@ def to_api(workflow: dict, definitions: dict[str, NodeDef]) -> dict:
     """The API prompt the frontend would queue for this UI-format graph."""
     if not is_ui_graph(workflow):
         raise GraphError("Not a ComfyUI graph in the UI format (no 'nodes' and 'links').")
-    return _Graph(workflow, definitions).convert()
+    return UiGraph(workflow, definitions).convert()
 
 
 def api_path(workflow_path: Path) -> Path:
