@@ -340,18 +340,18 @@ def test_grayscale_rgba_16_bit_and_half_precision_photos(installed_weights, gold
 def test_huge_photos_are_shrunk_by_a_box_average_in_pieces(monkeypatch):
     monkeypatch.setattr(face_references, "MAX_IMAGE_SIDE", 100)
     monkeypatch.setattr(face_references, "_CHUNK_VALUES", 3 * 250 * 3 * 7)  # a few rows at a time
-    image = torch.rand(1, 130, 250, 3)
+    image = torch.rand(1, 200, 250, 3)  # 3x smaller: the longer side under 100, the shorter still 64 or more
     (rgb,) = face_references.images_to_rgb(image)
-    expected = torch.nn.functional.avg_pool2d(image[0, :129, :249].movedim(-1, 0), 3).movedim(0, -1)
-    assert rgb.shape == (43, 83, 3)
+    expected = torch.nn.functional.avg_pool2d(image[0, :198, :249].movedim(-1, 0), 3).movedim(0, -1)
+    assert rgb.shape == (66, 83, 3)
     np.testing.assert_array_equal(rgb, (expected * 255).round().to(torch.uint8).numpy())
 
 
 @pytest.mark.host
 def test_a_20000_pixel_photo_is_detected_without_a_full_size_copy(installed_weights):
-    image = torch.full((1, 400, 20000, 3), 0.5)
-    image[0, 100:300, 9000:9200] = torch.linspace(0, 1, 200)[:, None, None]
+    image = torch.full((1, 1000, 20000, 3), 0.5)  # the detector sees it 640 long, 32 pixels across: enough
+    image[0, 400:600, 9000:9200] = torch.linspace(0, 1, 200)[:, None, None]
     (rgb,) = face_references.images_to_rgb(image)
-    assert rgb.shape == (80, 4000, 3)  # 5x smaller before anything else
+    assert rgb.shape == (200, 4000, 3)  # 5x smaller before anything else
     _, crops = face_references.encode_reference_faces(StandInVAE(), image, RETINAFACE)
     assert crops.shape == (1, 224, 224, 3)

@@ -82,14 +82,14 @@ def test_graphs_that_cannot_be_converted_say_why(workflow, message):
 
 
 def test_a_graph_saved_before_a_node_gained_optional_widgets_takes_their_defaults():
-    """As the page does: missing trailing optional widget values are the node's defaults (left
-    out of the prompt); a missing required one is still an error."""
+    """As the page does: missing trailing optional widget values take the node's defaults (left
+    out of the prompt where there is none); a missing required one is still an error."""
     definitions = {"Loader": node_def("Loader", {
         "required": {"ckpt_name": (["a.ckpt"], {}), "dtype": (["default", "fp16"], {})},
         "optional": {"cache_mb": ("INT", {"default": 2048}), "model": ("MODEL", {}), "seed": ("INT", {})},
     })}
     for values, inputs in (
-        (["a.ckpt", "fp16"], {"ckpt_name": "a.ckpt", "dtype": "fp16"}),
+        (["a.ckpt", "fp16"], {"ckpt_name": "a.ckpt", "dtype": "fp16", "cache_mb": 2048}),
         (["a.ckpt", "fp16", 0], {"ckpt_name": "a.ckpt", "dtype": "fp16", "cache_mb": 0}),
         (["a.ckpt", "fp16", 0, 7, "fixed"], {"ckpt_name": "a.ckpt", "dtype": "fp16", "cache_mb": 0, "seed": 7}),
     ):

@@ -151,8 +151,8 @@ def widget_values(node: dict, definition: NodeDef) -> dict:
     starts = [0]
     for spec in widget_inputs:
         starts.append(starts[-1] + spec.widget_count)
-    # A graph saved before a node gained optional inputs at its end lacks their values: as in the
-    # page, they take their defaults (here: left out of the prompt, so the node's default applies).
+    # A graph saved before a node gained optional inputs at its end lacks their values: as the page
+    # does when it loads such a graph, they take their defaults (left out where there is none).
     first_of_trailing_optional = next(i for i in range(len(widget_inputs), -1, -1) if i == 0 or widget_inputs[i - 1].required)
     if len(values) not in starts[first_of_trailing_optional:]:
         raise GraphError(
@@ -160,7 +160,8 @@ def widget_values(node: dict, definition: NodeDef) -> dict:
             f"{node['type']} has {starts[-1]}: the graph was saved with another version of the node. Load it in the "
             f"ComfyUI page and save it again."
         )
-    return {spec.name: values[start] for spec, start in zip(widget_inputs, starts) if start < len(values)}
+    return {spec.name: values[start] if start < len(values) else spec.options["default"]
+            for spec, start in zip(widget_inputs, starts) if start < len(values) or "default" in spec.options}
 
 
 def widget_index(node: dict, definition: NodeDef, name: str) -> int | None:
