@@ -222,7 +222,8 @@ def main(argv=None) -> int:
         comfy.model_management.load_models_gpu([with_refs])
         settings = contract.get_settings(with_refs.model_options)
         compute_dtype = model.manual_cast_dtype or model.get_dtype()
-        compute_reference_features(model, settings, torch.tensor([500.0]), device, compute_dtype)
+        compute_reference_features(model, settings.people[0].references, settings.reference_context, torch.tensor([500.0]), device,
+                                   compute_dtype)
 
     def run(patcher, first_run):
         def go():

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from .model.face_position import FacePosition
-    from .model.references import FlashFaceReferences
+    from .people.person import Person
 
 # model_options["transformer_options"] keys
 SETTINGS_KEY = "flashface"  # FlashFaceSettings, set by ApplyFlashFace
@@ -30,7 +29,8 @@ ATTENTION_INPUT_KEY = "flashface_y"  # y = norm1(x), from attn1_patch to attn1_o
 WRAPPER_KEY = "flashface"
 # Condition keys
 FACE_MASK_KEY = "flashface_face_mask"  # the FacePosition the model's mask channel reads
-REFERENCES_KEY = "flashface_references"  # the references, for the model's memory estimate
+REFERENCES_KEY = "flashface_references"  # each person's references (a tuple), for the model's memory estimate
+REGIONS_KEY = "flashface_regions"  # several people: their region weights [B, people, H, W] (also an apply_model input)
 
 DEFAULT_CACHE_MB = 2048  # the reference-pass cache's bound, LoadFlashFace's reference_cache_mb
 
@@ -59,12 +59,13 @@ class MenuChoice(str, Enum):
 
 @dataclass(frozen=True)
 class FlashFaceSettings:
-    """What ApplyFlashFace sets on a MODEL clone."""
+    """What ApplyFlashFace sets on a MODEL clone: the people (one for plain references), the
+    negative prompt's text embedding [1, 77, C] the references are read with, and the reference
+    feature strength (each person's ``strength_scale`` multiplies it)."""
 
-    references: FlashFaceReferences | None = None
-    reference_context: torch.Tensor | None = None  # the negative prompt's text embedding [1, 77, C]
+    people: tuple[Person, ...] = ()
+    reference_context: torch.Tensor | None = None
     strength: float = 1.0
-    face_position: FacePosition | None = None
 
     def __deepcopy__(self, memo):
         return self

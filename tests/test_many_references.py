@@ -7,7 +7,6 @@ import comfy.model_management
 import pytest
 import torch
 
-from comfyui_flashface.flashface_core.contract import FlashFaceSettings
 from comfyui_flashface.flashface_core.injection import apply, reference_pass
 from comfyui_flashface.flashface_core.model.references import FlashFaceReferences
 
@@ -19,11 +18,11 @@ def test_chunked_reference_pass_gives_the_features_of_one_batch(flashface, golde
     t = golden.tensors
     latents = model.process_latent_in(t["ref_latents"].float())
     latents = torch.cat([latents, latents.flip(0)[:1] * 0.5])  # 5 faces: chunks of 2, 2 and 1
-    settings = FlashFaceSettings(FlashFaceReferences(latents), t["uncond"][:1], 1.0)
+    references, context = FlashFaceReferences(latents), t["uncond"][:1]
     timestep = torch.tensor(500.0)
     kwargs = dict(device=torch.device("cpu"), dtype=torch.float32, latents=latents)
-    whole = reference_pass.compute_reference_features(model, settings, timestep, chunk=64, **kwargs)
-    chunked = reference_pass.compute_reference_features(model, settings, timestep, chunk=2, **kwargs)
+    whole = reference_pass.compute_reference_features(model, references, context, timestep, chunk=64, **kwargs)
+    chunked = reference_pass.compute_reference_features(model, references, context, timestep, chunk=2, **kwargs)
     assert whole.keys() == chunked.keys() == model.reference_attention.keys()
     for name in whole:
         for one, parts in zip(whole[name], chunked[name]):
@@ -39,10 +38,9 @@ def test_reference_pass_runs_in_bounded_chunks(flashface, golden):
     batches = []
     stem = model.reference_unet.input_blocks[0][0]
     hook = stem.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
-    settings = FlashFaceSettings(FlashFaceReferences(latents), t["uncond"][:1], 1.0)
     try:
-        features = reference_pass.compute_reference_features(model, settings, torch.tensor(500.0), torch.device("cpu"),
-                                                             torch.float32, latents)
+        features = reference_pass.compute_reference_features(model, FlashFaceReferences(latents), t["uncond"][:1], torch.tensor(500.0),
+                                                             torch.device("cpu"), torch.float32, latents)
     finally:
         hook.remove()
     assert batches == [8, 8, 3]

@@ -323,7 +323,7 @@ def test_memory_estimate_counts_the_reference_tokens(flashface, inputs):
     model = flashface.model
     shape = [2, 4, 64, 64]
     without = model.memory_required(shape, cond_shapes={})
-    shapes = model.extra_conds_shapes(**{REFERENCES_KEY: inputs["references"]})
+    shapes = model.extra_conds_shapes(**{REFERENCES_KEY: (inputs["references"],)})
     with_references = model.memory_required(shape, cond_shapes={k: [v] for k, v in shapes.items()})
     count, _, height, width = inputs["references"].model_latents().shape
     assert with_references == pytest.approx(without * (1 + 2 * count * height * width / (2 * 64 * 64)))

@@ -31,7 +31,7 @@ class FlashFaceCFGGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, guidance: GuidanceSettings):
         require_flashface_model(model_patcher, "FlashFaceGuider")
         settings = get_settings(model_patcher.model_options)
-        if settings is None or settings.references is None:
+        if settings is None or not settings.people:
             raise ValueError(
                 "FlashFaceGuider needs a FlashFace MODEL with reference faces: connect LoadFlashFace -> "
                 "ApplyFlashFace -> this guider."

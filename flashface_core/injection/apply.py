@@ -7,6 +7,7 @@ from ..contract import FlashFaceSettings, set_settings
 from ..model.face_position import FacePosition
 from ..model.loading import is_flashface_model
 from ..model.references import LATENT_CHANNELS, FlashFaceReferences
+from ..people.person import FlashFacePeople, one_person
 
 
 def require_flashface_model(model, node: str):
@@ -75,36 +76,56 @@ def _device_memory_for_references(device) -> int:
     return free + loaded
 
 
-def check_reference_count(model, references: FlashFaceReferences, node: str):
-    """Refuse, before anything runs, a reference count whose features cannot fit on the device
-    even one condition at a time (the reference pass itself runs in chunks and always fits)."""
-    count, (height, width) = max(references.fill_to, len(references)), references.latents.shape[2:]
+def check_reference_count(model, people, node: str):
+    """Refuse, before anything runs, reference faces (all people's together) whose features
+    cannot fit on the device even one condition at a time (the reference pass itself runs in
+    chunks and always fits)."""
+    count = sum(max(p.references.fill_to, len(p.references)) for p in people)
+    height, width = people[0].references.latents.shape[2:]
     dtype = model.model.manual_cast_dtype or model.model.get_dtype()
     per_face = reference_bytes_per_face(model.model, height, width, torch.empty((), dtype=dtype).element_size())
     device = model.load_device
     available = _device_memory_for_references(device)
     limit = available // per_face
     if count > limit:
+        who = f"{len(people)} people with {count} reference faces" if len(people) > 1 else f"{count} reference faces"
+        fewer = "Use fewer people or fewer reference photos each" if len(people) > 1 else "Use fewer reference photos"
         raise ValueError(
-            f"{node}: {count} reference faces need about {count * per_face / 2**30:.1f} GB on {device} in every step "
+            f"{node}: {who} need about {count * per_face / 2**30:.1f} GB on {device} in every step "
             f"({per_face / 2**20:.1f} MB each), and only {available / 2**30:.1f} GB can be had there: at most {limit} "
-            f"faces fit. Use fewer reference photos (or fill_to_four off), or free memory on the device."
+            f"faces fit. {fewer} (or fill_to_four off), or free memory on the device."
         )
 
 
-def apply_flashface(model, references: FlashFaceReferences, negative, strength: float, face_box=None, face_mask=None, node="ApplyFlashFace"):
-    """A clone of the FlashFace ``model`` that reads ``references``; ``model`` is unchanged.
+def people_of(references, face_box, face_mask, node: str) -> tuple:
+    """The people a sampler reads: plain references are one person with the node's face
+    position; people from FlashFace Person nodes bring their own."""
+    box = None if face_box is None or all(v == 0 for v in face_box) else face_box
+    if isinstance(references, FlashFacePeople):
+        if box is not None or face_mask is not None:
+            raise ValueError(
+                f"{node}: with people connected, each FlashFace Person node has its own face box and mask; set this "
+                "node's face box to zeros and disconnect its face_mask."
+            )
+        return references.people
+    if not isinstance(references, FlashFaceReferences):
+        raise ValueError(f"{node}: connect the references output of FlashFace Encode Reference Faces, or the people "
+                         "output of FlashFace Person.")
+    position = FacePosition(box=box, mask=face_mask) if (box is not None or face_mask is not None) else None
+    return one_person(references, position)
+
+
+def apply_flashface(model, references, negative, strength: float, face_box=None, face_mask=None, node="ApplyFlashFace"):
+    """A clone of the FlashFace ``model`` that reads ``references`` (FlashFaceReferences, or
+    FlashFacePeople for several people); ``model`` is unchanged.
 
     Raises ValueError (saying what to fix) for a MODEL that is not FlashFace, missing
     references, a bad face box, or a negative prompt of the wrong width, before anything runs.
     """
     require_flashface_model(model, node)
-    if not isinstance(references, FlashFaceReferences):
-        raise ValueError(f"{node}: connect the references output of FlashFace Encode Reference Faces.")
+    people = people_of(references, face_box, face_mask, node)
     context = text_embedding(model, negative, "negative")
-    check_reference_count(model, references, node)
-    box = None if face_box is None or all(v == 0 for v in face_box) else face_box
-    position = FacePosition(box=box, mask=face_mask) if (box is not None or face_mask is not None) else None
+    check_reference_count(model, people, node)
     patched = model.clone()
-    set_settings(patched, FlashFaceSettings(references, context, float(strength), position))
+    set_settings(patched, FlashFaceSettings(people, context, float(strength)))
     return patched

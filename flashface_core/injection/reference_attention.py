@@ -8,8 +8,10 @@ gets
 
 with R the reference pass's features at that block (``reference_pass.py``) and lam the
 reference feature strength of the row's condition. Without references the model still runs
-``RefAttn(y, y)`` (the released model's strength-0 path). What one U-Net call's patches
-read is worked out once per call by the ``APPLY_MODEL`` wrapper (``wrappers.py``).
+``RefAttn(y, y)`` (the released model's strength-0 path). With several people, each token
+takes this term with the references of the person whose region it is in
+(``people_attention.py``). What one U-Net call's patches read is worked out once per call
+by the ``APPLY_MODEL`` wrapper (``wrappers.py``).
 """
 
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import torch
 
 from ..contract import ATTENTION_INPUT_KEY, INJECTION_STATE_KEY
 from ..model.key_layout import reference_attention_name
+from .people_attention import merged_people_attention_term, people_attention_term
 
 
 @dataclass
@@ -35,10 +38,11 @@ class InjectionState:
     """What the attention patches of one U-Net call need."""
 
     layers: torch.nn.ModuleDict
-    features: dict | None  # name -> (K, V) of the recorded features, [1, N*L, C] each; None = no references
+    features: list | None  # per person: name -> (K, V) of the recorded features, [1, N*L, C] each; None = no references
     with_refs: RowMix | None  # lam * RefAttn(y, [y; R]) on rows with lam != 0
     without_refs: RowMix | None  # (1 - lam) * RefAttn(y, y) on rows with lam != 1
     attention_lse: object = None  # set when the two terms are merged by their log-sum-exp
+    people: object = None  # several people (a ``PeopleMix``): each token reads its person's references
 
 
 def row_mix(weights: list[float], device, dtype) -> RowMix | None:
@@ -112,7 +116,13 @@ def add_reference_attention(out, extra_options):
     if name not in state.layers:
         return out
     layer = state.layers[name]
+    if state.people is not None:
+        features = [person[name] for person in state.features]
+        size = extra_options["activations_shape"][-2:]
+        if state.attention_lse is not None:
+            return out + merged_people_attention_term(layer, y, features, state.people, size, state.attention_lse)
+        return out + people_attention_term(layer, y, features, state.people, size)
     if state.attention_lse is not None:
-        return out + merged_reference_attention_term(layer, y, state.features[name], state.with_refs, state.attention_lse)
-    kv = state.features[name] if state.features is not None else None
+        return out + merged_reference_attention_term(layer, y, state.features[0][name], state.with_refs, state.attention_lse)
+    kv = state.features[0][name] if state.features is not None else None
     return out + reference_attention_term(layer, y, kv, state.with_refs, state.without_refs)

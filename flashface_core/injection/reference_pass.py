@@ -1,7 +1,7 @@
 """The reference pass: the reference faces through the reference U-Net at a call's timestep.
 
 It records, at every reference-attention layer, the keys and values of the features there
-(R in ``reference_attention.py``). The result depends only on the references, the negative
+(R in ``reference_attention.py``), once per person. The result depends only on the references, the negative
 prompt, the timestep and the weights, so it is reused within a step (the run's state), and
 across runs (the MODEL's ``ReferenceCache``, a speed lever).
 """
@@ -14,25 +14,26 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..contract import CACHE_KEY, RUN_STATE_KEY, FlashFaceSettings, get_speed
 from ..model.key_layout import reference_attention_name
+from ..model.references import FlashFaceReferences
 from ..speed.reference_cache import CacheKey
 
 
 @dataclass
 class ReferenceFeatureCache:
-    """Per sampling run: the reference pass's result for the last timestep, so conditions
-    split over several U-Net calls in one step reuse it, and the reference latents as the
-    model reads them. Shared by the run's option copies."""
+    """Per sampling run: the reference pass's result for the last timestep, one entry per
+    person, so conditions split over several U-Net calls in one step reuse it, and each
+    person's reference latents as the model reads them. Shared by the run's option copies."""
 
     timestep: float | None = None
-    features: dict | None = None
-    latents: torch.Tensor | None = None
+    features: list | None = None
+    latents: list | None = None
 
     def __deepcopy__(self, memo):
         return self
 
 
-def reference_latents(model, settings: FlashFaceSettings, device, dtype) -> torch.Tensor:
-    latents = settings.references.model_latents().to(device=device, dtype=torch.float32)
+def reference_latents(model, references: FlashFaceReferences, device, dtype) -> torch.Tensor:
+    latents = references.model_latents().to(device=device, dtype=torch.float32)
     return model.process_latent_in(latents).to(dtype)
 
 
@@ -42,31 +43,32 @@ def reference_latents(model, settings: FlashFaceSettings, device, dtype) -> torc
 REFERENCE_PASS_CHUNK = 8
 
 
-def compute_reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, latents=None,
-                               chunk: int = REFERENCE_PASS_CHUNK) -> dict:
-    """Run the reference U-Net at ``timestep`` and return each reference-attention layer's
-    (K, V) of the recorded features, projected once for every row that reads them.
+def compute_reference_features(model, references: FlashFaceReferences, context: torch.Tensor, timestep: torch.Tensor,
+                               device, dtype, latents=None, chunk: int = REFERENCE_PASS_CHUNK) -> dict:
+    """Run the reference U-Net on one person's ``references`` at ``timestep`` and return each
+    reference-attention layer's (K, V) of the recorded features, projected once for every row
+    that reads them.
 
     As released, the pass runs the reference encoder, the *main* middle block and the
-    reference decoder, with the negative prompt as context and no mask channel. It runs
-    ``chunk`` faces at a time; the features of all faces are joined along the token axis.
+    reference decoder, with the negative prompt (``context``) as context and no mask channel.
+    It runs ``chunk`` faces at a time; the features of all faces are joined along the token axis.
     """
     layers = model.reference_attention
     if latents is None:
-        latents = reference_latents(model, settings, device, dtype)
-    parts = [_reference_pass(model, settings, timestep, device, dtype, latents[start:start + chunk])
+        latents = reference_latents(model, references, device, dtype)
+    parts = [_reference_pass(model, context, timestep, device, dtype, latents[start:start + chunk])
              for start in range(0, latents.shape[0], chunk)]
     if len(parts) == 1:
         return parts[0]
     return {name: tuple(torch.cat([part[name][i] for part in parts], dim=1) for i in (0, 1)) for name in layers.keys()}
 
 
-def _reference_pass(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, latents) -> dict:
+def _reference_pass(model, context: torch.Tensor, timestep: torch.Tensor, device, dtype, latents) -> dict:
     unet = model.diffusion_model
     reference_unet = model.reference_unet
     layers = model.reference_attention
     count = latents.shape[0]
-    context = settings.reference_context.to(device=device, dtype=dtype).expand(count, -1, -1)
+    context = context.to(device=device, dtype=dtype).expand(count, -1, -1)
     steps = timestep.reshape(1).to(device).expand(count)
     emb = unet.time_embed(timestep_embedding(steps, unet.model_channels).to(dtype))
 
@@ -98,34 +100,39 @@ def _reference_pass(model, settings: FlashFaceSettings, timestep: torch.Tensor, 
     return features
 
 
-def _cache_key(model, settings: FlashFaceSettings, latents: torch.Tensor, device, dtype) -> CacheKey | None:
+def _cache_key(model, context: torch.Tensor, latents: torch.Tensor, device, dtype) -> CacheKey | None:
     """What the reference pass read besides the timestep; None when the weights are not known
     (a model not loaded by its patcher) or hooks patch them per condition."""
     weights = getattr(model, "current_weight_patches_uuid", None)
     patcher = getattr(model, "current_patcher", None)
     if weights is None or patcher is None or patcher.current_hooks is not None:
         return None
-    return CacheKey(latents, settings.reference_context, weights, dtype, torch.device(device))
+    return CacheKey(latents, context, weights, dtype, torch.device(device))
 
 
-def reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, transformer_options: dict) -> dict:
-    """The reference pass at ``timestep``: from this run's last step, the MODEL's cache, or run now."""
+def reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, transformer_options: dict) -> list[dict]:
+    """The reference pass at ``timestep``, one features dict per person: from this run's last
+    step, the MODEL's cache (keyed by each person's references), or run now."""
     step = float(timestep)
     run = transformer_options.get(RUN_STATE_KEY)
     if run is not None and run.timestep == step:
         return run.features
-    if run is not None and run.latents is not None and run.latents.device == torch.device(device) and run.latents.dtype == dtype:
-        latents = run.latents
-    else:
-        latents = reference_latents(model, settings, device, dtype)
     speed = get_speed(transformer_options)
-    cache = transformer_options.get(CACHE_KEY)
-    key = _cache_key(model, settings, latents, device, dtype) if speed.cache_reference_pass and cache is not None else None
-    features = cache.get(key, step) if key is not None else None
-    if features is None:
-        features = compute_reference_features(model, settings, timestep, device, dtype, latents)
-        if key is not None:
-            cache.put(key, step, features)
+    cache = transformer_options.get(CACHE_KEY) if speed.cache_reference_pass else None
+    context = settings.reference_context
+    known = run.latents if run is not None and run.latents is not None else [None] * len(settings.people)
+    all_features, all_latents = [], []
+    for person, latents in zip(settings.people, known):
+        if latents is None or latents.device != torch.device(device) or latents.dtype != dtype:
+            latents = reference_latents(model, person.references, device, dtype)
+        key = _cache_key(model, context, latents, device, dtype) if cache is not None else None
+        features = cache.get(key, step) if key is not None else None
+        if features is None:
+            features = compute_reference_features(model, person.references, context, timestep, device, dtype, latents)
+            if key is not None:
+                cache.put(key, step, features)
+        all_features.append(features)
+        all_latents.append(latents)
     if run is not None:
-        run.timestep, run.features, run.latents = step, features, latents
-    return features
+        run.timestep, run.features, run.latents = step, all_features, all_latents
+    return all_features

@@ -2,21 +2,27 @@
 
 - ``APPLY_MODEL``: per U-Net call, the reference pass (or its reuse) and each row's
   reference strength, for the attention patches of that call.
-- ``OUTER_SAMPLE``: per sampling run, the face-position mask and the references on every
-  condition, and the run's reference-pass state, dropped when the run ends.
+- ``OUTER_SAMPLE``: per sampling run, the face-position mask, the references and the
+  people's regions on every condition, and the run's reference-pass state, dropped when the
+  run ends.
 - ``DIFFUSION_MODEL``: the shared-encoder speed lever (``speed/shared_encoder.py``).
 - ``attn1_patch`` / ``attn1_output_patch``: the reference attention (``reference_attention.py``).
 - ``ON_DETACH``: the reference-pass cache emptied when ComfyUI unloads the model.
 """
 
+import dataclasses
 import logging
 
 import comfy.patcher_extension
+import torch
 
-from ..contract import CACHE_KEY, DEFAULT_CACHE_MB, FACE_MASK_KEY, INJECTION_STATE_KEY, REFERENCES_KEY, RUN_STATE_KEY, SETTINGS_KEY, WRAPPER_KEY, condition_strengths, get_speed
+from ..contract import (CACHE_KEY, DEFAULT_CACHE_MB, FACE_MASK_KEY, INJECTION_STATE_KEY, REFERENCES_KEY, REGIONS_KEY, RUN_STATE_KEY,
+                        SETTINGS_KEY, WRAPPER_KEY, condition_strengths, get_speed)
+from ..people.regions import people_in_picture
 from ..speed.attention_lse import attention_lse_function
 from ..speed.reference_cache import ReferenceCache
 from ..speed.shared_encoder import diffusion_model_with_shared_encoder
+from .people_attention import PeopleMix
 from .reference_attention import InjectionState, add_reference_attention, row_mix, stash_attention_input
 from .reference_pass import ReferenceFeatureCache, reference_features
 
@@ -64,36 +70,55 @@ def apply_model_with_references(executor, x, t, c_concat=None, c_crossattn=None,
     """APPLY_MODEL wrapper: run (or reuse) the reference pass for this call, then the main pass."""
     model = executor.class_obj
     settings = transformer_options.get(SETTINGS_KEY)
+    regions = kwargs.pop(REGIONS_KEY, None)
     dtype = model.manual_cast_dtype or model.get_dtype()
     features = None
     strengths = [0.0] * x.shape[0]  # without references: RefAttn(y, y) on every row
-    if settings is not None and settings.references is not None:
+    if settings is not None and settings.people:
         # ComfyUI's samplers give every row of a call the same sigma.
         timestep = model.model_sampling.timestep(t[:1]).float()
         features = reference_features(model, settings, timestep, x.device, dtype, transformer_options)
         strengths = _row_strengths(x.shape[0], transformer_options, settings.strength)
-    with_refs = row_mix(strengths, x.device, dtype) if features is not None else None
-    state = InjectionState(model.reference_attention, features, with_refs, row_mix([1.0 - s for s in strengths], x.device, dtype))
-    if with_refs is not None and get_speed(transformer_options).merged_attention:
-        state.attention_lse = attention_lse_function(x.device)
+    lse = attention_lse_function(x.device) if features is not None and get_speed(transformer_options).merged_attention else None
+    if features is not None and regions is not None:
+        scales = torch.tensor([person.strength_scale for person in settings.people], device=x.device, dtype=dtype)
+        mix = PeopleMix(regions.to(x.device, dtype), torch.tensor(strengths, device=x.device, dtype=dtype), scales)
+        state = InjectionState(model.reference_attention, features, None, None, lse, mix)
+    else:
+        if features is not None:
+            strengths = [s * settings.people[0].strength_scale for s in strengths]
+        with_refs = row_mix(strengths, x.device, dtype) if features is not None else None
+        state = InjectionState(model.reference_attention, features, with_refs, row_mix([1.0 - s for s in strengths], x.device, dtype),
+                               lse if with_refs is not None else None)
     options = transformer_options.copy()
     options[INJECTION_STATE_KEY] = state
     return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
 
+def _people_conditions(transformer_options: dict, settings, noise: torch.Tensor) -> dict:
+    """What every condition of the run gets for the model: the face-position channel, the
+    references (for the memory estimate) and, with several people, their region weights.
+    Puts the run's people (those whose region is not empty) in the run's settings."""
+    people, regions, face_position = people_in_picture(settings.people, noise.shape[0], noise.shape[-2], noise.shape[-1])
+    if len(people) != len(settings.people):
+        transformer_options[SETTINGS_KEY] = dataclasses.replace(settings, people=people)
+    extra = {REFERENCES_KEY: tuple(person.references for person in people)}
+    if face_position is not None:
+        extra[FACE_MASK_KEY] = face_position
+    if regions is not None:
+        extra[REGIONS_KEY] = regions
+    return extra
+
+
 def sample_with_references(executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: give every condition the face-position mask and the references
-    (for the model's memory estimate), and give the run a reference-feature cache; all are
-    dropped when the run ends, however it ends."""
+    """OUTER_SAMPLE wrapper: give every condition the people's conditions (before the model
+    is loaded, so bad regions stop the run at once) and give the run a reference-feature
+    cache; all are dropped when the run ends, however it ends."""
     guider = executor.class_obj
     transformer_options = guider.model_options.setdefault("transformer_options", {})
     settings = transformer_options.get(SETTINGS_KEY)
-    extra = {}
-    if settings is not None and settings.references is not None:
-        extra[REFERENCES_KEY] = settings.references
-    if settings is not None and settings.face_position is not None:
-        extra[FACE_MASK_KEY] = settings.face_position
-    if extra:
+    if settings is not None and settings.people:
+        extra = _people_conditions(transformer_options, settings, args[0] if args else kwargs["noise"])
         for name, conds in guider.conds.items():
             guider.conds[name] = [{**extra, **c} for c in conds]
     if not guider.model_options.get("registered_hooks"):

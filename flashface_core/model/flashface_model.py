@@ -7,6 +7,7 @@ LoRA-patches them together. The injection that ties them together lives in
 ``flashface_core/injection/``.
 """
 
+import comfy.conds
 import comfy.model_base
 import comfy.supported_models
 import comfy.utils
@@ -14,7 +15,7 @@ import torch
 from comfy.ldm.modules.attention import CrossAttention, SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-from ..contract import FACE_MASK_KEY, REFERENCES_KEY
+from ..contract import FACE_MASK_KEY, REFERENCES_KEY, REGIONS_KEY
 from .checkpoint import CheckpointError
 from .key_layout import PACK_PREFIXES, reference_attention_name
 from .timesteps import OfficialTimestepSampling
@@ -99,14 +100,25 @@ class FlashFaceModel(comfy.model_base.BaseModel):
         mask = position.latent_mask(noise.shape[-2], noise.shape[-1])
         return comfy.utils.resize_to_batch_size(mask[:, None], noise.shape[0]).to(noise)
 
+    def extra_conds(self, **kwargs):
+        """ComfyUI's conditions, and the people's region weights: shaped like the noise, so an
+        area condition's crop and the batch reach them as they reach the mask channel."""
+        out = super().extra_conds(**kwargs)
+        regions = kwargs.get(REGIONS_KEY)
+        if regions is not None:
+            out[REGIONS_KEY] = comfy.conds.CONDNoiseShape(regions)
+        return out
+
     def extra_conds_shapes(self, **kwargs):
         """The reference pass as extra tokens for ``memory_required``: its activations at the
-        references' size, and as many again for the keys and values it leaves for the main pass."""
+        references' size, and as many again for the keys and values it leaves for the main pass
+        (every person's)."""
         out = super().extra_conds_shapes(**kwargs)
-        references = kwargs.get(REFERENCES_KEY)
-        if references is not None:
-            latents = references.model_latents()
-            out[REFERENCES_KEY] = [1, latents.shape[1], 2 * latents.shape[0] * latents.shape[2] * latents.shape[3]]
+        people = kwargs.get(REFERENCES_KEY)
+        if people:
+            latents = [references.model_latents() for references in people]
+            tokens = sum(l.shape[0] * l.shape[2] * l.shape[3] for l in latents)
+            out[REFERENCES_KEY] = [1, latents[0].shape[1], 2 * tokens]
         return out
 
     def load_model_weights(self, sd, unet_prefix=""):
