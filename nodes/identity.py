@@ -38,8 +38,10 @@ class FlashFaceSaveIdentity(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name, overwrite):
-        """A bad name is refused when the graph is queued, before anything runs."""
+    def validate_inputs(cls, name=None):
+        """A bad name is refused when the graph is queued, before anything runs (a linked name is checked on running)."""
+        if name is None:
+            return True
         try:
             identity_file_name(name)
         except ValueError as error:
@@ -83,8 +85,11 @@ class FlashFaceLoadIdentity(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, identity):
-        """A missing, cut-short or foreign file is refused when the graph is queued (header only, no tensors read)."""
+    def validate_inputs(cls, identity=None):
+        """A missing, cut-short or foreign file is refused when the graph is queued (header only, no tensors read);
+        naming ``identity`` here turns off ComfyUI's bare "value not in list" for it. A linked value is checked on running."""
+        if identity is None:
+            return True
         path = folder_paths.get_full_path(folders.IDENTITIES, identity) if isinstance(identity, str) else None
         if path is None:
             return _missing_message(identity)

@@ -5,6 +5,7 @@ pre-cropped detector (no detector model needed) and small random SD1.5-layout VA
 sampling check runs the tiny golden FlashFace model.
 """
 
+import json
 import logging
 import os
 
@@ -380,8 +381,8 @@ def test_the_nodes_register_with_tooltips_and_the_packs_socket(node_classes):
 def test_save_then_load_through_the_nodes(folder, vae, references):
     from comfyui_flashface.nodes.identity import FlashFaceLoadIdentity, FlashFaceSaveIdentity
 
-    assert FlashFaceSaveIdentity.validate_inputs("bob", False) is True
-    assert "holds a path" in FlashFaceSaveIdentity.validate_inputs("../bob", False)
+    assert FlashFaceSaveIdentity.validate_inputs("bob") is True
+    assert "holds a path" in FlashFaceSaveIdentity.validate_inputs("../bob")
     (passed,) = FlashFaceSaveIdentity.execute(references, "bob", False).result
     assert passed is references
     import folder_paths
@@ -394,3 +395,48 @@ def test_save_then_load_through_the_nodes(folder, vae, references):
     assert "carol.safetensors is not in" in missing and str(folder) in missing and "Save Identity" in missing
     with pytest.raises(FileNotFoundError, match="carol"):
         FlashFaceLoadIdentity.execute("carol.safetensors", vae)
+
+
+class _TestVAE:
+    CATEGORY, RETURN_TYPES, FUNCTION = "testing", ("VAE",), "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def make(self):
+        return (tiny_vae(0),)
+
+
+def _validate(prompt, monkeypatch):
+    import asyncio
+
+    import execution
+    import nodes
+
+    from comfyui_flashface.nodes.identity import FlashFaceLoadIdentity, FlashFaceSaveIdentity
+
+    for cls in (FlashFaceLoadIdentity, FlashFaceSaveIdentity, _TestVAE):
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, cls.__name__, cls)
+    return asyncio.run(execution.validate_prompt("test", prompt, None))
+
+
+def test_comfyui_refuses_a_queued_graph_with_a_bad_file_or_name(folder, references, monkeypatch):
+    """Through ComfyUI's own /prompt validation: a linked VAE and references, the nodes' messages, before running."""
+    save(references, "alice")
+    (folder / "broken.safetensors").write_bytes(b"\x00" * 3)
+
+    def graph(identity, name):
+        return {"1": {"class_type": "_TestVAE", "inputs": {}},
+                "2": {"class_type": "FlashFaceLoadIdentity", "inputs": {"identity": identity, "vae": ["1", 0]}},
+                "3": {"class_type": "FlashFaceSaveIdentity", "inputs": {"references": ["2", 0], "name": name,
+                                                                         "overwrite": False}}}
+
+    assert _validate(graph("alice.safetensors", "alice copy"), monkeypatch)[0] is True
+    for identity, name, node, said in [("broken.safetensors", "bob", "2", "cut short"),
+                                       ("carol.safetensors", "bob", "2", "is not in"),
+                                       ("alice.safetensors", "../bob", "3", "holds a path")]:
+        valid, _, _, node_errors = _validate(graph(identity, name), monkeypatch)
+        assert valid is False and node in node_errors, (identity, name)
+        assert said in json.dumps(node_errors[node]), node_errors
+
