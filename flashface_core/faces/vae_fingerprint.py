@@ -9,8 +9,11 @@ It must not depend on where or how ComfyUI holds the weights (fp32 on the CPU, b
 on a GPU), so it is not a hash of the bytes: it is a few statistics of a few tensors (their
 size, mean, root mean square and a position-weighted mean), computed in float64 from the
 weights cast to float32 on the CPU, written as text. ``same_vae`` compares two of them with
-a tolerance of 1% of each tensor's root mean square, far above bf16 rounding (about 0.4% of
-one value, averaged over thousands) and far below what separates two trained encoders.
+a tolerance of 1% of each tensor's root mean square: rounding to bf16 or fp16 moves each value
+by at most 0.2% of itself, so each statistic by at most 0.2% of the root mean square (a bound,
+not a likelihood: the same weights in any of these dtypes always match), while two trained
+encoders differ by far more. Weights stored in fp8 (6% rounding) may not match: their crops
+are then encoded again, which costs a VAE pass and changes nothing else.
 Reading a few tensors of a few hundred thousand values keeps it cheap (milliseconds).
 """
 
