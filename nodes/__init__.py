@@ -8,13 +8,15 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .apply_flashface import ApplyFlashFace
 from .encode_faces import FlashFaceEncodeReferenceFaces
+from .identity import FlashFaceLoadIdentity, FlashFaceSaveIdentity
 from .loader import LoadFlashFace
 from .sampler import FlashFaceGuider, FlashFaceSampler, FlashFaceScheduler
 
 
 class FlashFaceExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadFlashFace, FlashFaceEncodeReferenceFaces, ApplyFlashFace, FlashFaceSampler, FlashFaceGuider, FlashFaceScheduler]
+        return [LoadFlashFace, FlashFaceEncodeReferenceFaces, ApplyFlashFace, FlashFaceSampler, FlashFaceGuider, FlashFaceScheduler,
+                FlashFaceSaveIdentity, FlashFaceLoadIdentity]
 
 
 async def comfy_entrypoint() -> FlashFaceExtension:

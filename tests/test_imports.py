@@ -20,6 +20,7 @@ LAYERS = {
     "flashface_core.speed": 3,
     "flashface_core.faces": 3,
     "flashface_core.injection": 4,
+    "flashface_core.identities": 4,  # saved identities: names, the file format, save and load
     "flashface_core.guidance": 5,
     "flashface_core.loader": 6,
     "flashface_core.tools": 7,

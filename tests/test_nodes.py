@@ -12,6 +12,8 @@ import pytest
 pytestmark = pytest.mark.host
 
 SAVED = json.loads((Path(__file__).parent / "saved_graphs" / "nodes.json").read_text(encoding="utf-8"))
+# Nodes added since release 0.2.0: no saved graph of that release holds them; their own tests check their schemas.
+NEW_NODES = {"FlashFaceSaveIdentity", "FlashFaceLoadIdentity"}  # test_identities.py
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def node_classes():
 def test_the_extension_registers_every_saved_node_id_and_no_other(node_classes):
     from comfy_api.v0_0_2 import io
 
-    assert set(node_classes) == set(SAVED)
+    assert set(node_classes) == set(SAVED) | NEW_NODES
     for node_id, cls in node_classes.items():
         assert issubclass(cls, io.ComfyNode)
         assert cls.__name__ == node_id

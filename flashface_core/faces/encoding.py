@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..model.references import LATENT_CHANNELS, FlashFaceReferences
+from ..model.references import DETECTOR_JOIN, LATENT_CHANNELS, FlashFaceReferences
 from . import alignment, detection
+from .vae_fingerprint import same_vae, vae_fingerprint
 from .choices import Detector, FaceChoice, NoFace, Straighten
 
 logger = logging.getLogger(__name__)
@@ -287,6 +288,8 @@ def encode_reference_faces(
     logger.info("FlashFace: %d reference face(s) from images %s (detector: %s).", len(crops), kept, detector)
     pixels = torch.from_numpy(np.stack([np.asarray(crop) for crop in crops])).float() / 255.0
     latents = vae.encode(pixels).float()
+    fill_to = max(previous.fill_to if previous is not None else 0, DEMO_REFERENCE_COUNT if fill_to_four else 0)
+    provenance = dict(face_crops=pixels, detector=str(detector), vae_fingerprint=vae_fingerprint(vae))
     if previous is not None:
         if previous.latents.shape[1:] != latents.shape[1:]:
             raise ValueError(
@@ -294,5 +297,18 @@ def encode_reference_faces(
                 f"{tuple(latents.shape[1:])}: encode all references with the same VAE."
             )
         latents = torch.cat([previous.latents.to(latents), latents])
-    fill_to = max(previous.fill_to if previous is not None else 0, DEMO_REFERENCE_COUNT if fill_to_four else 0)
-    return FlashFaceReferences(latents, fill_to), pixels
+        provenance = chained_provenance(previous, **provenance)
+    return FlashFaceReferences(latents, fill_to, **provenance), pixels
+
+
+def chained_provenance(previous: FlashFaceReferences, face_crops: torch.Tensor, detector: str,
+                       vae_fingerprint: str | None) -> dict:
+    """What the references of a chain record: the crops of all, every detector used (in order of
+    first use, so a mixed chain names each) and the VAE's fingerprint only when one VAE made every row."""
+    crops = None if previous.face_crops is None else torch.cat([previous.face_crops.to(face_crops), face_crops])
+    detectors = previous.detectors() + [name for name in [detector] if name not in previous.detectors()]
+    if not previous.detectors():  # references built without provenance: what made the earlier rows is unknown
+        detectors = []
+    same = previous.vae_fingerprint is not None and same_vae(previous.vae_fingerprint, vae_fingerprint)
+    return dict(face_crops=crops, detector=DETECTOR_JOIN.join(detectors) or None,
+                vae_fingerprint=vae_fingerprint if same else None)

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 
 LATENT_CHANNELS = 4
+DETECTOR_JOIN = " + "  # between the detectors of a chain that used several
+CROP_SIZE = 224  # the aligned face crops' side (faces.alignment.CROP_SIZE; kept here so the model layer needs no faces)
 
 
 @dataclass(frozen=True)
@@ -16,10 +18,26 @@ class FlashFaceReferences:
     the distinct faces; ``fill_to`` asks for them to be repeated in order up to that count
     where the model reads them (the official demo fills to 4), so chaining encoders never
     repeats a face before the last one is added.
+
+    What made the latents travels with them, so an identity can be saved and re-encoded
+    with another VAE (``flashface_core.identities``); all three are optional, so
+    ``FlashFaceReferences(latents)`` and ``(latents, fill_to)`` work as before:
+
+    - ``face_crops``: the aligned crops the latents were encoded from, ``[N, 224, 224, 3]``
+      floats in 0..1 on the CPU, row i for latent i (None when any row's crop is unknown);
+    - ``detector``: the detector menu value that made the crops; a chain of encoders with
+      different detectors records them all, in order of first use, joined by ``DETECTOR_JOIN``
+      (``detectors()`` splits it again);
+    - ``vae_fingerprint``: ``faces.vae_fingerprint.vae_fingerprint`` of the VAE that
+      encoded them (None when unknown, e.g. a stand-in VAE; a chain whose VAEs differ
+      keeps None, since no one VAE made every row).
     """
 
     latents: torch.Tensor
     fill_to: int = 0
+    face_crops: torch.Tensor | None = None
+    detector: str | None = None
+    vae_fingerprint: str | None = None
 
     def __post_init__(self):
         latents = self.latents
@@ -37,6 +55,18 @@ class FlashFaceReferences:
             )
         if not latents.is_floating_point():
             raise ValueError(f"FlashFace reference latents must be floating point, got {latents.dtype}.")
+        crops = self.face_crops
+        if crops is not None:
+            wanted = (latents.shape[0], CROP_SIZE, CROP_SIZE, 3)
+            if not isinstance(crops, torch.Tensor) or tuple(crops.shape) != wanted or not crops.is_floating_point():
+                raise ValueError(
+                    f"FlashFace reference face crops must be a float [N, {CROP_SIZE}, {CROP_SIZE}, 3] IMAGE with one crop "
+                    f"per latent ({latents.shape[0]}); got {type(crops).__name__} {tuple(getattr(crops, 'shape', ()))}."
+                )
+
+    def detectors(self) -> list[str]:
+        """The detector menu values that made the crops, in order of first use (empty when unknown)."""
+        return self.detector.split(DETECTOR_JOIN) if self.detector else []
 
     def __len__(self):
         return self.latents.shape[0]

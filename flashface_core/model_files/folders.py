@@ -3,7 +3,8 @@
 ``models/flashface`` holds FlashFace checkpoints (and may hold the face detector);
 ``models/facedetection`` is where other face packs (facexlib users) keep face detectors;
 ``models/insightface`` is where ComfyUI's other face packs keep insightface model packs
-(``models/insightface/models/<pack>/``). Registered once, when ComfyUI imports the pack (after
+(``models/insightface/models/<pack>/``); ``models/flashface_identities`` holds the identities the
+pack's FlashFace Save Identity node writes (``NAME.safetensors``). Registered once, when ComfyUI imports the pack (after
 main.py has read ``extra_model_paths.yaml``): a folder name the user's configuration already
 defines keeps exactly the user's paths (the default ``models/<name>`` is not added back), and
 only gains the pack's file extensions.
@@ -16,6 +17,8 @@ import folder_paths
 FLASHFACE = "flashface"
 FACE_DETECTION = "facedetection"
 INSIGHTFACE = "insightface"
+IDENTITIES = "flashface_identities"
+IDENTITY_EXTENSIONS = {".safetensors"}
 CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
 
 
@@ -32,6 +35,12 @@ def register_model_folders():
     _register(FLASHFACE, CHECKPOINT_EXTENSIONS)
     _register(FACE_DETECTION, {".pth", ".pt"})
     _register(INSIGHTFACE, set())
+    _register(IDENTITIES, IDENTITY_EXTENSIONS)
+
+
+def identity_folders() -> list[str]:
+    """Folders listed for saved identities, in ComfyUI's order (an ``is_default`` YAML path first); saving writes to the first."""
+    return folder_paths.get_folder_paths(IDENTITIES)
 
 
 def insightface_roots() -> list[str]:
