@@ -10,13 +10,14 @@ from .apply_flashface import ApplyFlashFace
 from .encode_faces import FlashFaceEncodeReferenceFaces
 from .identity import FlashFaceLoadIdentity, FlashFaceSaveIdentity
 from .loader import LoadFlashFace
+from .people import FlashFacePerson
 from .sampler import FlashFaceGuider, FlashFaceSampler, FlashFaceScheduler
 
 
 class FlashFaceExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LoadFlashFace, FlashFaceEncodeReferenceFaces, ApplyFlashFace, FlashFaceSampler, FlashFaceGuider, FlashFaceScheduler,
-                FlashFaceSaveIdentity, FlashFaceLoadIdentity]
+                FlashFaceSaveIdentity, FlashFaceLoadIdentity, FlashFacePerson]
 
 
 async def comfy_entrypoint() -> FlashFaceExtension:

@@ -18,7 +18,7 @@ class ApplyFlashFace(io.ComfyNode):
                         "For FlashFace's separate reference guidance use FlashFaceSampler or FlashFaceGuider.",
             inputs=[
                 widgets.flashface_model(),
-                widgets.references(),
+                widgets.references_or_people(),
                 io.Conditioning.Input("negative", tooltip="The negative prompt: the reference faces are read with its "
                                                           "text embedding, as in the official model."),
                 widgets.strength("strength", 1.2, "Reference feature strength on every condition: how much the faces' "

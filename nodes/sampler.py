@@ -23,7 +23,7 @@ class FlashFaceSampler(io.ComfyNode):
                         "(img2img), or with a noise mask to regenerate only the face of a photo.",
             inputs=[
                 widgets.flashface_model(),
-                widgets.references(),
+                widgets.references_or_people(),
                 io.Conditioning.Input("positive", tooltip="The prompt: what the picture shows. Age words help ('a 20 year old woman')."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt; the reference faces are also read with it."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise: Empty Latent Image, or an encoded photo."),

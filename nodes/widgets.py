@@ -4,6 +4,8 @@ from comfy_api.v0_0_2 import io
 
 # The socket between Encode Reference Faces and the nodes that read the faces.
 References = io.Custom("FLASHFACE_REFERENCES")
+# Several people, each with their references and region, chained by FlashFace Person nodes.
+People = io.Custom("FLASHFACE_PEOPLE")
 
 
 def flashface_model() -> io.Model.Input:
@@ -14,6 +16,13 @@ def references(optional: bool = False, tooltip: str = "The reference faces from 
     return References.Input("references", optional=optional, tooltip=tooltip)
 
 
+def references_or_people() -> io.Input:
+    """A sampler's faces: one person's references, or several people from FlashFace Person nodes."""
+    return io.MultiType.Input(references(), types=[References, People], tooltip=(
+        "The reference faces from FlashFace Encode Reference Faces (or Load Identity), or several people from "
+        "FlashFace Person nodes, each with their own faces and region."))
+
+
 def strength(name: str, default: float, tooltip: str) -> io.Float.Input:
     return io.Float.Input(name, default=default, min=0.0, max=3.0, step=0.05, tooltip=tooltip)
 
@@ -22,10 +31,10 @@ def _box(name: str, tooltip: str) -> io.Float.Input:
     return io.Float.Input(name, default=0.0, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
 
 
-def face_position() -> list[io.Input]:
+def face_position(people_note: str = " With people connected, leave these at 0: each FlashFace Person has its own.") -> list[io.Input]:
     """The face box (four fractions of the image) and the optional face mask that replaces it."""
     return [
-        _box("face_x1", "Face box left edge as a fraction of the width. All four at 0 = face anywhere."),
+        _box("face_x1", "Face box left edge as a fraction of the width. All four at 0 = face anywhere." + people_note),
         _box("face_y1", "Face box top edge as a fraction of the height."),
         _box("face_x2", "Face box right edge; the face goes in the square of side max(width, height) at (x1, y1)."),
         _box("face_y2", "Face box bottom edge. Official suggestion: 0.3, 0.2, 0.6, 0.5."),

@@ -19,6 +19,7 @@ LAYERS = {
     "flashface_core.model": 2,
     "flashface_core.speed": 3,
     "flashface_core.faces": 3,
+    "flashface_core.people": 3,  # several people: who they are, their regions
     "flashface_core.injection": 4,
     "flashface_core.identities": 4,  # saved identities: names, the file format, save and load
     "flashface_core.guidance": 5,
