@@ -164,7 +164,7 @@ def test_clones_share_reference_data_instead_of_copying(flashface, golden):
 
     ours = patched.model_options["transformer_options"][SETTINGS_KEY]
     theirs = clone.model_options["transformer_options"][SETTINGS_KEY]
-    assert theirs is ours and theirs.references.latents is ours.references.latents
+    assert theirs is ours and theirs.people[0].references.latents is ours.people[0].references.latents
 
 
 def test_loading_twice_builds_fresh_models(golden):
