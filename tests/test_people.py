@@ -242,3 +242,24 @@ def test_too_many_people_for_the_memory_are_refused_with_the_count(flashface, in
     people = _people(*(_person(many, (i / 3, 0.0, (i + 1) / 3, 1.0)) for i in range(3)))
     with pytest.raises(ValueError, match="3 people with 120 reference faces"):
         apply.apply_flashface(flashface, people, inputs["negative"], 1.2)
+
+
+def test_apply_flashface_with_people_works_in_the_stock_ksampler(flashface, inputs):
+    """Two people through Apply FlashFace and KSampler (a batch of 2, so regions meet batched rows)."""
+    import nodes
+
+    from comfyui_flashface.nodes.apply_flashface import ApplyFlashFace
+
+    refs, other = inputs["references"], _other_references(inputs)
+    latent = {"samples": torch.zeros(2, 4, 16, 16)}
+    box = dict(face_x1=0.0, face_y1=0.0, face_x2=0.0, face_y2=0.0)
+
+    def ksampler(references):
+        (patched,) = ApplyFlashFace.execute(model=flashface, references=references, negative=inputs["negative"], strength=1.0,
+                                            **box).result
+        return nodes.KSampler().sample(patched, 1, 3, 7.5, "euler", "normal", inputs["positive"], inputs["negative"], latent)[0]["samples"]
+
+    one = ksampler(refs)
+    same = ksampler(_people(_person(refs, LEFT), _person(refs, RIGHT)))
+    two = ksampler(_people(_person(refs, LEFT), _person(other, RIGHT)))
+    assert relative(same, one) < 1e-6 and relative(two, one) > 1e-3
