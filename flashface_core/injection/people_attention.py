@@ -26,6 +26,16 @@ def _attention(layer, q, k, v):
 
 
 @dataclass
+class Gathered:
+    """One person's tokens at one block resolution: flat indices into [rows * tokens] and their
+    weights, and the same split by row for the plain-attention path."""
+
+    index: torch.Tensor
+    weight: torch.Tensor
+    by_row: list  # [(row, token indices in the row, weights)]
+
+
+@dataclass
 class PeopleMix:
     """Each person's weight at each token of one U-Net call, at every block resolution
     (worked out on the first block of each size and kept for the call)."""
@@ -36,17 +46,21 @@ class PeopleMix:
     _sizes: dict = field(default_factory=dict)
 
     def at(self, height: int, width: int):
-        """([(flat token indices, weights) per person; None where the person has no token], the
-        plain term's weight [b, L])."""
+        """([Gathered per person; None where the person has no token], the plain term's weight
+        [b, L], the rows where that weight is not zero)."""
         if (height, width) not in self._sizes:
             weights = block_weights(self.regions, height, width)
             weights = weights * self.row_strengths[:, None, None] * self.scales[None, :, None]
+            tokens = weights.shape[-1]
             people = []
             for person in range(weights.shape[1]):
                 flat = weights[:, person].reshape(-1)
                 index = flat.nonzero().squeeze(1)
-                people.append((index, flat[index]) if index.numel() else None)
-            self._sizes[(height, width)] = people, 1.0 - weights.sum(1)
+                rows = index.div(tokens, rounding_mode="floor")
+                by_row = [(row, index[rows == row] - row * tokens, flat[index[rows == row]]) for row in rows.unique().tolist()]
+                people.append(Gathered(index, flat[index], by_row) if index.numel() else None)
+            plain = 1.0 - weights.sum(1)
+            self._sizes[(height, width)] = people, plain, (plain != 0).any(1).nonzero().squeeze(1).tolist()
         return self._sizes[(height, width)]
 
 
@@ -54,21 +68,16 @@ def people_attention_term(layer, y: torch.Tensor, features: list, mix: PeopleMix
     """The term from plain attentions: for each person and row, the gathered queries against
     that row's own keys and the person's references."""
     q, k, v = layer.to_q(y), layer.to_k(y), layer.to_v(y)
-    batch, tokens, _ = q.shape
-    people, plain = mix.at(*size)
+    people, plain, rows = mix.at(*size)
     mixed = torch.zeros_like(q)
-    rows = (plain != 0).any(1).nonzero().squeeze(1).tolist()
     if rows:
         mixed[rows] += plain[rows].unsqueeze(-1).to(q.dtype) * _attention(layer, q[rows], k[rows], v[rows])
     for gathered, (ref_k, ref_v) in zip(people, features):
         if gathered is None:
             continue
-        index, weight = gathered
-        for row in index.div(tokens, rounding_mode="floor").unique().tolist():
-            in_row = (index >= row * tokens) & (index < (row + 1) * tokens)
-            at, row_weight = index[in_row] - row * tokens, weight[in_row]
+        for row, at, weight in gathered.by_row:
             keys, values = torch.cat([k[row:row + 1], ref_k], dim=1), torch.cat([v[row:row + 1], ref_v], dim=1)
-            mixed[row, at] += row_weight.unsqueeze(-1).to(q.dtype) * _attention(layer, q[row:row + 1, at], keys, values)[0]
+            mixed[row, at] += weight.unsqueeze(-1).to(q.dtype) * _attention(layer, q[row:row + 1, at], keys, values)[0]
     return layer.to_out(mixed)
 
 
@@ -82,12 +91,12 @@ def merged_people_attention_term(layer, y: torch.Tensor, features: list, mix: Pe
     own = out.transpose(1, 2).reshape(batch * tokens, heads, dim_head)
     own_lse = lse.transpose(1, 2).reshape(batch * tokens, heads)
     queries = q.reshape(batch * tokens, -1)
-    people, _ = mix.at(*size)
+    people, _, _ = mix.at(*size)
     mixed = own.clone()
     for gathered, (ref_k, ref_v) in zip(people, features):
         if gathered is None:
             continue
-        index, weight = gathered
+        index, weight = gathered.index, gathered.weight
         ref_out, ref_lse = attention_lse(queries[index][None], ref_k, ref_v, heads, layer.attn_precision)
         ref_out, ref_lse = ref_out[0].transpose(0, 1), ref_lse[0].transpose(0, 1)  # [n, heads, d], [n, heads]
         share = torch.sigmoid(ref_lse - own_lse[index]).unsqueeze(-1).to(out.dtype)
