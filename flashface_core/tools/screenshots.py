@@ -43,7 +43,8 @@ PAGE_TIMEOUT = 120.0
 CARDS_TIMEOUT = 20.0
 # Where the first widget of these nodes names a file: the model folder it lists, or the input folder.
 FILE_WIDGETS = {"LoadFlashFace": "flashface", "CheckpointLoaderSimple": "checkpoints",
-                "LoraLoaderModelOnly": "loras", "LoadImage": "input", "LoadImageMask": "input"}
+                "LoraLoaderModelOnly": "loras", "LoadImage": "input", "LoadImageMask": "input",
+                "FlashFaceLoadIdentity": "flashface_identities"}
 MODEL_FOLDERS = sorted({folder for folder in FILE_WIDGETS.values() if folder != "input"})
 # Frontend settings of the pictures: no minimap or canvas statistics; text drawn at every zoom.
 VIEW_SETTINGS = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
