@@ -260,7 +260,8 @@ def drop(browser, workflow: dict, name: str):
       };
     })()
     """
-    return browser.evaluate(script.replace("WORKFLOW", json.dumps(workflow)).replace("NAME", json.dumps(name)))
+    # The name first: a graph's own text (a note) may hold the word NAME.
+    return browser.evaluate(script.replace("NAME", json.dumps(name)).replace("WORKFLOW", json.dumps(workflow)))
 
 
 def graph_to_prompt(browser) -> dict:
