@@ -167,7 +167,8 @@ def graph_picture(browser, path: Path):
     from PIL import Image
 
     text = path.read_text()
-    browser.evaluate(DROP.replace("TEXT", json.dumps(text)).replace("NAME", json.dumps(path.name)))
+    # The name first: a graph's own text (a note) may hold the word NAME.
+    browser.evaluate(DROP.replace("NAME", json.dumps(path.name)).replace("TEXT", json.dumps(text)))
     try:
         report = browser.wait_for(LOADED.replace("COUNT", str(len(json.loads(text)["nodes"]))), timeout=30)
         if not (report["unregistered"] or report["dialogs"]):
