@@ -392,7 +392,7 @@ def two_people(graph: Graph):
                             (1200, 800), "Person 1's prompt (left half)")
     right = _regional_prompt(graph, checkpoint, "a woman in red", {"width": 0.5, "height": 1.0, "x": 0.5, "y": 0.0},
                              (1200, 1000), "Person 2's prompt (right half)")
-    positive = _combine(graph, _combine(graph, base, left, (1650, 800)), right, (1650, 900))
+    positive = _combine(graph, _combine(graph, base, left, (1630, 1220)), right, (1630, 1300))
     latent = graph.add("EmptyLatentImage", (1200, 1220), (320, 110), {"width": 960, "height": 640, "batch_size": 1})
     sampler = _sampler(graph, flashface, person_2, positive, negative, latent, NO_BOX, x=2000)
     _decode_and_save(graph, sampler, checkpoint, "FlashFace_two_people", x=2450)
