@@ -7,6 +7,7 @@
   graphs never run it) and the SD1.5 tiny autoencoder (TAESD) as the VAE, which encodes and
   decodes SD1.5 latents far faster on a CPU than the full VAE. Made once per test session;
 * ``facedetection/retinaface_resnet50.pth``: the random-weight RetinaFace of the golden face set;
+* ``flashface_identities/``: empty, where the graphs that save identities write them (never the host's folder);
 * the input photos the graphs load (``face_1.png`` ... ``face_8.png``, ``photo.png`` with a
   painted mask, ``character.png``), small RGB PNGs made from the shared reference photos.
 """
@@ -26,7 +27,7 @@ FACES = ["man_face/1.png", "man_face/2.png", "man_face/3.png", "man_face/4.png",
          "woman_face/1.png", "woman_face/2.png", "woman_face/3.png", "woman_face/4.png"]
 PHOTO_SIZE = 320
 # The folders an extra_model_paths.yaml must name for ComfyUI to search them.
-FOLDERS = ("flashface", "checkpoints", "facedetection")
+FOLDERS = ("flashface", "checkpoints", "facedetection", "flashface_identities")
 
 
 def golden_checkpoint() -> Path:

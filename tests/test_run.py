@@ -211,3 +211,34 @@ def test_a_load_image_feeding_two_reference_inputs_takes_both_photos(models, pho
     assert [name.rsplit("/", 1)[1] for name in names] == ["ref01.png", "ref02.png", "ref03.png"], names
     assert [(tmp_path / "input" / name).read_bytes() for name in names] == [p.read_bytes() for p in (*photos, third)]
     assert "ref02.png -> new node" in result.stderr, result.stderr
+
+
+def test_runner_places_each_persons_photos_and_saves_identities(models, photos, tmp_path):
+    """Two people: --ref reaches person 1's encoder, --person-ref 2 person 2's; then --save-identity writes the
+    --ref photos as an identity, and refuses the same name again without --overwrite, before any work."""
+    out, inputs = tmp_path / "out", tmp_path / "input"
+    common = ("--out", str(out), "--input-directory", str(inputs), "--extra-model-paths-config", str(models),
+              "--no-custom-nodes")
+    result = runner("two_people", "--ref", str(photos[0]), "--person-ref", "2", str(photos[1]), "--steps", "2",
+                    "--width", "64", "--height", "64", *common)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (png,) = sorted(out.glob("*.png"))
+    with Image.open(png) as image:
+        prompt = json.loads(image.info["prompt"])
+    people = {node["_meta"]["title"]: node for node in prompt.values() if node["class_type"] == "FlashFacePerson"}
+    (run_folder,) = (inputs / "flashface-run").iterdir()
+    for title, name in (("Person 1 (left)", "ref01.png"), ("Person 2 (right)", "person2_ref01.png")):
+        encoder = prompt[people[title]["inputs"]["references"][0]]["inputs"]
+        assert prompt[encoder["images"][0]]["inputs"]["image"] == f"flashface-run/{run_folder.name}/{name}", title
+        assert "image_2" not in encoder
+
+    identities = models.parent / "models" / "flashface_identities"
+    result = runner("--save-identity", "alice", "--ref", str(photos[0]), "--ref", str(photos[1]), *common)
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = identities / "alice.safetensors"
+    assert saved.is_file() and f"saved identity {saved}" in result.stderr
+    assert sorted(out.glob("*.png")) == [png]  # nothing sampled
+    before = saved.read_bytes()
+    result = runner("--save-identity", "alice", "--ref", str(photos[1]), *common)
+    assert result.returncode == 2 and result.stderr.startswith("error: --save-identity: the identity alice exists"), result.stderr
+    assert "--overwrite" in result.stderr and saved.read_bytes() == before

@@ -173,3 +173,90 @@ def test_the_saved_workflow_takes_a_seed_set_in_place_of_a_primitive(definitions
     assert prompt[str(sampler["id"])]["inputs"]["seed"] == 3
     options.set_every(prompt, options.SEED_INPUTS, 5, "--seed")
     assert workflow_api.to_api(workflow_that_ran(workflow, prompt, definitions), definitions) == prompt
+
+
+# Several people, and saving an identity
+
+
+def shipped_prompt(name: str, definitions) -> dict:
+    return workflow_api.to_api(shipped(name), definitions)
+
+
+def person_images(prompt: dict, definitions, number: int) -> list[str]:
+    encoders = options.person_encoders(prompt, number, "--ref")
+    return [prompt[source]["inputs"]["image"] for _, _, source in options.reference_slots(prompt, definitions, encoders) if source]
+
+
+def test_each_persons_photos_go_to_the_encoder_of_their_person_node(definitions):
+    """--ref fills person 1 (the first Person node of the chain) only; --person-ref 2 fills person 2's encoder."""
+    prompt = shipped_prompt("two_people", definitions)
+    people = options.people_in_order(prompt)
+    assert [prompt[i]["_meta"]["title"] for i in people] == ["Person 1 (left)", "Person 2 (right)"]
+    assert person_images(prompt, definitions, 1) == ["face_1.png", "face_2.png"]
+    assert person_images(prompt, definitions, 2) == ["face_3.png", "face_4.png"]
+    new_ids = _new_ids(prompt, None)
+    options.place_references(prompt, definitions, ["a1", "a2", "a3"], new_ids, options.person_encoders(prompt, 1, "--ref"))
+    assert person_images(prompt, definitions, 1) == ["a1", "a2", "a3"]
+    assert person_images(prompt, definitions, 2) == ["face_3.png", "face_4.png"]
+    options.place_references(prompt, definitions, ["b1"], new_ids, options.person_encoders(prompt, 2, "--person-ref 2"),
+                             "--person-ref 2")
+    assert person_images(prompt, definitions, 1) == ["a1", "a2", "a3"]
+    assert person_images(prompt, definitions, 2) == ["b1"]  # the unused optional input is disconnected, as with --ref
+
+
+def test_many_photos_of_the_second_person_chain_an_encoder_for_that_person(definitions):
+    prompt = shipped_prompt("two_people", definitions)
+    first, second = (options.person_encoders(prompt, n, "--ref") for n in (1, 2))
+    photos = [f"b{i}" for i in range(1, 11)]
+    options.place_references(prompt, definitions, photos, _new_ids(prompt, None), second, "--person-ref 2")
+    assert options.person_encoders(prompt, 1, "--ref") == first
+    chain = options.person_encoders(prompt, 2, "--ref")
+    assert chain[0] == second[0] and len(chain) == 2  # the new encoder extends person 2's, and person 2 reads it
+    assert person_images(prompt, definitions, 2) == photos
+
+
+def test_people_are_counted_along_the_chain_not_by_node_id(definitions):
+    prompt = shipped_prompt("two_people", definitions)
+    one, two = options.people_in_order(prompt)
+    renamed = {two: "1", one: "2"}  # swap the ids: person 2 now has the smaller id
+    text = json.dumps(prompt)
+    for old, new in renamed.items():
+        text = text.replace(f'"{old}"', f'"@{new}"')
+    prompt = {key.lstrip("@"): value for key, value in json.loads(text.replace('"@', '"')).items()}
+    assert options.people_in_order(prompt) == ["2", "1"]
+
+
+def test_a_person_the_graph_does_not_have_is_refused(definitions):
+    prompt = shipped_prompt("two_people", definitions)
+    with pytest.raises(RunError, match="--person-ref 3: this graph has 2 FlashFace Person node"):
+        options.person_encoders(prompt, 3, "--person-ref 3")
+    prompt = shipped_prompt("saved_identity", definitions)
+    assert options.people_in_order(prompt) == []
+
+
+def test_saving_an_identity_runs_only_what_the_save_node_needs(definitions):
+    from comfyui_flashface.flashface_core.tools.runner import save_identity_prompt
+
+    prompt = shipped_prompt("save_identity", definitions)
+    kept, saver = save_identity_prompt(prompt, "alice", True)
+    assert sorted(node["class_type"] for node in kept.values()) == sorted(
+        ["CheckpointLoaderSimple", ENCODER, "FlashFaceSaveIdentity", "LoadImage", "LoadImage", "LoadImage"])
+    assert (kept[saver]["inputs"]["name"], kept[saver]["inputs"]["overwrite"]) == ("alice", True)
+    with pytest.raises(RunError, match="one FlashFace Save Identity node; this one has 0"):
+        save_identity_prompt(shipped_prompt("from_photos", definitions), "alice", False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["two_people", "--person-ref", "1", "a.png"], "--person-ref N PHOTO: N is the person's number, 2 or more"),
+    (["two_people", "--person-ref", "x", "a.png"], "not 'x'"),
+    (["--save-identity", "alice"], "--save-identity needs the person's photos"),
+    (["from_photos", "--overwrite"], "--overwrite goes with --save-identity"),
+    (["--ref", "a.png"], "the WORKFLOW to run is missing"),
+])
+def test_bad_people_and_identity_options_are_refused_before_anything_runs(argv, message, capsys):
+    from comfyui_flashface.flashface_core.tools import runner
+
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(argv)
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and error.startswith("error: ") and message in error, error

@@ -6,6 +6,8 @@ from . import workflow_api
 from .run_graph import RunError
 
 ENCODER = "FlashFaceEncodeReferenceFaces"
+PERSON = "FlashFacePerson"
+SAVE_IDENTITY = "FlashFaceSaveIdentity"
 LOAD_IMAGE = "LoadImage"
 TEXT_ENCODE = "CLIPTextEncode"
 SEED_INPUTS = ("seed", "noise_seed")
@@ -28,9 +30,9 @@ def _links(prompt: dict):
                 yield node_id, name, *link
 
 
-def encoders_in_order(prompt: dict) -> list[str]:
-    """Encoder nodes, each after the encoder whose references it extends."""
-    encoders = [i for i, n in prompt.items() if n["class_type"] == ENCODER]
+def encoders_in_order(prompt: dict, within=None) -> list[str]:
+    """Encoder nodes (of ``within`` when given), each after the encoder whose references it extends."""
+    encoders = [i for i, n in prompt.items() if n["class_type"] == ENCODER and (within is None or i in within)]
     ordered = []
 
     def visit(node_id, seen=()):
@@ -62,10 +64,48 @@ def _source_load_image(prompt: dict, value, seen=()) -> str | None:
     return _source_load_image(prompt, images[0], (*seen, link[0])) if len(images) == 1 else None
 
 
-def reference_slots(prompt: dict, definitions) -> list[tuple[str, str, str | None]]:
-    """(encoder id, input name, LoadImage id or None for a free optional input), in reading order."""
+def people_in_order(prompt: dict) -> list[str]:
+    """FlashFace Person nodes, each after the person whose people output it extends (person 1 first)."""
+    people = [i for i, n in prompt.items() if n["class_type"] == PERSON]
+
+    def depth(node_id, seen=()):
+        upstream = link_of(prompt, prompt[node_id]["inputs"].get("people"))
+        if not upstream or upstream[0] in seen or prompt[upstream[0]]["class_type"] != PERSON:
+            return 0
+        return 1 + depth(upstream[0], (*seen, node_id))
+
+    return sorted(people, key=lambda i: (depth(i), workflow_api.id_order(i)))
+
+
+def encoders_feeding(prompt: dict, node_id: str) -> list[str]:
+    """The encoder chain whose references reach ``node_id``'s references input (empty when they come from elsewhere)."""
+    found, link = [], link_of(prompt, prompt[node_id]["inputs"].get("references"))
+    while link and prompt[link[0]]["class_type"] == ENCODER and link[0] not in found:
+        found.append(link[0])
+        link = link_of(prompt, prompt[link[0]]["inputs"].get("references"))
+    return found[::-1]
+
+
+def person_encoders(prompt: dict, number: int, option: str) -> list[str]:
+    """The encoders of person ``number`` (1 = the first FlashFace Person node of the chain); RunError when there are none."""
+    people = people_in_order(prompt)
+    if number > len(people):
+        raise RunError(f"{option}: this graph has {len(people)} FlashFace Person node(s), so no person {number}.")
+    person = people[number - 1]
+    encoders = encoders_feeding(prompt, person)
+    if not encoders:
+        source = link_of(prompt, prompt[person]["inputs"].get("references"))
+        origin = f"node {source[0]} ({prompt[source[0]]['class_type']})" if source else "nothing"
+        raise RunError(f"{option}: person {number} (node {person}) gets references from {origin}, not from a FlashFace "
+                       "Encode Reference Faces node: there are no photos to replace.")
+    return encoders
+
+
+def reference_slots(prompt: dict, definitions, encoders=None) -> list[tuple[str, str, str | None]]:
+    """(encoder id, input name, LoadImage id or None for a free optional input), in reading order, of ``encoders``
+    (default: every encoder)."""
     slots = []
-    for encoder in encoders_in_order(prompt):
+    for encoder in encoders_in_order(prompt, encoders):
         inputs = prompt[encoder]["inputs"]
         for spec in _image_inputs(definitions, ENCODER):
             source = _source_load_image(prompt, inputs.get(spec.name))
@@ -80,10 +120,9 @@ def _new_load_image(prompt: dict, new_ids: Iterator[int], photo: str, number: in
     return node_id
 
 
-def _chain_encoder(prompt: dict, definitions, new_ids: Iterator[int]) -> str:
-    """A new encoder extending the last one's references, with its settings and VAE; what read the last one's
+def _chain_encoder(prompt: dict, definitions, new_ids: Iterator[int], last: str) -> str:
+    """A new encoder extending encoder ``last``'s references, with its settings and VAE; what read the last one's
     references reads the new one's."""
-    last = encoders_in_order(prompt)[-1]
     images = {spec.name for spec in _image_inputs(definitions, ENCODER)}
     node_id = str(next(new_ids))
     for entry in prompt.values():
@@ -97,20 +136,23 @@ def _chain_encoder(prompt: dict, definitions, new_ids: Iterator[int]) -> str:
     return node_id
 
 
-def place_references(prompt: dict, definitions, photos: list[str], new_ids: Iterator[int]) -> list[str]:
+def place_references(prompt: dict, definitions, photos: list[str], new_ids: Iterator[int], encoders=None,
+                     option: str = "--ref") -> list[str]:
     """Point the reference Load Image nodes at ``photos`` (names in the input folder); return a summary.
 
     The graph's own reference Load Image nodes take the photos first, in reading order (a node feeding
     two inputs keeps the first photo; the second input gets a new node); photos left over go to free
     optional image inputs, then to new encoders chained after the last one (new Load Image nodes);
     graph Load Image nodes left over repeat the photos on required inputs and are disconnected on
-    optional ones. ``new_ids`` gives the ids of added nodes.
+    optional ones. ``new_ids`` gives the ids of added nodes; ``encoders`` limits all this to one person's
+    encoder chain (default: every encoder).
     """
-    slots = reference_slots(prompt, definitions)
+    encoders = encoders_in_order(prompt, encoders)
+    slots = reference_slots(prompt, definitions, encoders)
     linked = [slot for slot in slots if slot[2] is not None]
     free = [slot for slot in slots if slot[2] is None]
     if not linked:
-        raise RunError("This graph has no Load Image node feeding a FlashFace Encode Reference Faces node: --ref has nowhere to go.")
+        raise RunError(f"This graph has no Load Image node feeding a FlashFace Encode Reference Faces node: {option} has nowhere to go.")
     lines, given, numbers = [], {}, {photo: index + 1 for index, photo in reversed(list(enumerate(photos)))}
     queue = list(photos)
     for encoder, name, source in linked:
@@ -133,7 +175,8 @@ def place_references(prompt: dict, definitions, photos: list[str], new_ids: Iter
         lines.append(f"reference: {photo} -> node {source} -> {encoder}.{name}")
     while queue:
         if not free:
-            encoder = _chain_encoder(prompt, definitions, new_ids)
+            encoder = _chain_encoder(prompt, definitions, new_ids, encoders[-1])
+            encoders.append(encoder)
             free = [(encoder, spec.name, None) for spec in _image_inputs(definitions, ENCODER)]
             lines.append(f"more references: new encoder node {encoder} after node {prompt[encoder]['inputs']['references'][0]}")
         (encoder, name, _), photo = free.pop(0), queue.pop(0)

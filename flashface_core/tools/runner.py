@@ -1,7 +1,9 @@
 """Run a FlashFace graph without the browser, on the ComfyUI this pack finds.
 
     python -m flashface_core.run WORKFLOW --ref PHOTO [--ref PHOTO ...] --prompt TEXT
-        [--negative TEXT] [--seed N] [--steps N] [--width W --height H] [--photo PHOTO] [--out DIR]
+        [--person-ref N PHOTO ...] [--negative TEXT] [--seed N] [--steps N] [--width W --height H]
+        [--photo PHOTO] [--out DIR]
+    python -m flashface_core.run --save-identity NAME --ref PHOTO [--ref PHOTO ...] [--overwrite]
 
 WORKFLOW is a graph file in the UI format (as the ComfyUI page saves it) or the API format,
 or the name of a shipped graph (from_photos for workflows/flashface_from_photos.json).
@@ -25,7 +27,21 @@ How the options land in the graph, always the same way:
               encoders chained after the last one (8 photos each): any number works. With
               fewer photos than those nodes, the rest repeat the photos in order on required
               inputs and are disconnected on optional ones. Without --ref, the graph's own
-              image names are used when they are in the input folder.
+              image names are used when they are in the input folder. In a graph with
+              FlashFace Person nodes (several people), --ref fills the first person's
+              encoders only: those whose references reach the first Person node of the chain.
+  --person-ref N PHOTO
+              a photo of person N (2, 3, ...: the N-th FlashFace Person node, counting along
+              the people chain), placed on the encoders feeding that Person node as --ref
+              places the first person's; repeat for more photos, e.g. --person-ref 2 b1.jpg
+              --person-ref 2 b2.jpg. --prompt sets every text that reaches the sampler,
+              regional prompts too: edit those in the graph.
+  --save-identity NAME
+              encode the --ref photos and save them as the identity NAME, i.e.
+              models/flashface_identities/NAME.safetensors (the first identities folder),
+              for FlashFace Load Identity; nothing is sampled. It runs the Save Identity part
+              of WORKFLOW (default: the shipped save_identity graph: its checkpoint's VAE and
+              encoder settings). An existing NAME is refused unless --overwrite.
   --prompt, --negative
               the text of the CLIP Text Encode nodes that feed samplers' and guiders'
               positive / negative inputs (through any conditioning nodes between).
@@ -55,7 +71,7 @@ from ..model_files.catalog import DETECTOR, FLASHFACE, SD15
 from . import host, run_options, workflow_api
 from .host import PACK_ROOT
 from .run_graph import RunError, find_workflow, read_graph, to_prompt
-from .run_options import ENCODER, SEED_INPUTS, place_references, set_every, set_size, set_text
+from .run_options import ENCODER, SEED_INPUTS, person_encoders, place_references, set_every, set_size, set_text
 from .run_photos import Folders, RunInputs, check_graph_images, check_photo, claim
 from .run_workflow import workflow_that_ran
 
@@ -184,8 +200,18 @@ def map_options(args, prompt: dict, definitions, photos: list[Path], photo: Path
                 new_ids) -> tuple[list[str], set[str]]:
     """Put the options into the prompt; return the log lines and the Load Image nodes given a photo."""
     plan = []
+    people = run_options.people_in_order(prompt)
     if photos:
-        plan += place_references(prompt, definitions, [inputs.name("ref", i + 1, p) for i, p in enumerate(photos)], new_ids)
+        first = person_encoders(prompt, 1, "--ref") if people else None
+        plan += place_references(prompt, definitions, [inputs.name("ref", i + 1, p) for i, p in enumerate(photos)], new_ids,
+                                 first)
+    for number, person_photos in sorted(_person_photos(args).items()):
+        option = f"--person-ref {number}"
+        if not people:
+            raise RunError(f"{option}: this graph has no FlashFace Person node; give the photos of its one person with --ref.")
+        names = [inputs.name(f"person{number}_ref", i + 1, p) for i, p in enumerate(person_photos)]
+        plan += [f"person {number} {line}" for line in
+                 place_references(prompt, definitions, names, new_ids, person_encoders(prompt, number, option), option)]
     given = {i for i, n in prompt.items() if n["class_type"] == run_options.LOAD_IMAGE
              and isinstance(n["inputs"].get("image"), str) and n["inputs"]["image"] in inputs.photos}
     if photo is not None:
@@ -209,10 +235,52 @@ def map_options(args, prompt: dict, definitions, photos: list[Path], photo: Path
     return plan, given
 
 
+def _person_photos(args) -> dict[int, list[Path]]:
+    """--person-ref photos by person number (checked in main: 2 or more), in the order given."""
+    found = {}
+    for number, photo in getattr(args, "person_ref", None) or []:
+        found.setdefault(int(number), []).append(Path(photo))
+    return found
+
+
+def save_identity_prompt(prompt: dict, name: str, overwrite: bool) -> tuple[dict, str]:
+    """Only what the graph's one Save Identity node needs (no sampling), saving as ``name``; and that node's id."""
+    savers = [i for i, node in prompt.items() if node["class_type"] == run_options.SAVE_IDENTITY]
+    if len(savers) != 1:
+        raise RunError(f"--save-identity needs a graph with one FlashFace Save Identity node; this one has {len(savers)} "
+                       "(leave WORKFLOW out to use the shipped save_identity graph).")
+    needed, stack = set(), [savers[0]]
+    while stack:
+        node_id = stack.pop()
+        if node_id not in needed:
+            needed.add(node_id)
+            stack += [link[0] for value in prompt[node_id]["inputs"].values() if (link := run_options.link_of(prompt, value))]
+    kept = {i: node for i, node in prompt.items() if i in needed}
+    kept[savers[0]]["inputs"].update(name=name, overwrite=overwrite)
+    return kept, savers[0]
+
+
+def _check_identity_name(name: str, overwrite: bool) -> str:
+    """The file identity ``name`` goes to; RunError before any work for a bad name or an existing one without --overwrite."""
+    from ..identities.library import identity_path  # ComfyUI's folder_paths: only once the host is set up
+
+    try:
+        path = identity_path(name)
+    except ValueError as error:
+        raise RunError(f"--save-identity: {error}") from None
+    if Path(path).exists() and not overwrite:
+        raise RunError(f"--save-identity: the identity {Path(path).stem} exists ({path}); choose another name, or add "
+                       "--overwrite to replace it.")
+    return path
+
+
 def run(args) -> list[Path]:
-    workflow_path = find_workflow(args.workflow)
+    workflow_path = find_workflow(args.workflow or ("save_identity" if args.save_identity else ""))
     graph = read_graph(workflow_path)
     photos = [check_photo(p) for p in args.ref]
+    for number, person_photos in _person_photos(args).items():
+        for path in person_photos:
+            check_photo(str(path))
     photo = check_photo(args.photo) if args.photo else None
     extra_configs = [Path(p).expanduser() for p in args.extra_model_paths_config]
     for config in extra_configs:
@@ -227,6 +295,11 @@ def run(args) -> list[Path]:
     definitions = workflow_api.definitions_from_host()
     prompt = to_prompt(graph, definitions, workflow_path)
     workflow = graph if workflow_api.is_ui_graph(graph) else None
+    identity = None
+    if args.save_identity is not None:
+        identity = _check_identity_name(args.save_identity, args.overwrite)
+        prompt, _ = save_identity_prompt(prompt, args.save_identity, args.overwrite)
+        workflow = None  # no PNG carries it
 
     with tempfile.TemporaryDirectory(prefix="flashface-run-") as work_dir:
         work = Path(work_dir)
@@ -262,6 +335,9 @@ def run(args) -> list[Path]:
         except BaseException:
             inputs.remove()
             raise
+        if identity is not None:
+            inputs.remove()  # the photos are in the identity now; no graph refers to them
+            log.info("saved identity %s", identity)
         try:
             return [claim(staging / image.get("subfolder", "") / image["filename"], folders.output / image.get("subfolder", ""))
                     for image in images]
@@ -296,8 +372,15 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     parser = _Parser(prog="python -m flashface_core.run", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workflow", help="graph file (UI or API format) or a shipped graph's name, e.g. from_photos")
-    parser.add_argument("--ref", action="append", default=[], metavar="PHOTO", help="a reference photo (repeat for more)")
+    parser.add_argument("workflow", nargs="?", help="graph file (UI or API format) or a shipped graph's name, e.g. "
+                        "from_photos or two_people (left out only with --save-identity)")
+    parser.add_argument("--ref", action="append", default=[], metavar="PHOTO",
+                        help="a reference photo (of the first person in a graph of several people; repeat for more)")
+    parser.add_argument("--person-ref", action="append", nargs=2, default=[], metavar=("N", "PHOTO"),
+                        help="a reference photo of person N = 2, 3, ... (the N-th FlashFace Person node; repeat for more)")
+    parser.add_argument("--save-identity", metavar="NAME",
+                        help="save the --ref photos as the identity NAME in models/flashface_identities (no sampling)")
+    parser.add_argument("--overwrite", action="store_true", help="with --save-identity: replace an identity of that name")
     parser.add_argument("--prompt", help="the positive prompt")
     parser.add_argument("--negative", help="the negative prompt (default: the graph's)")
     parser.add_argument("--seed", type=int, help="the seed (default: the graph's)")
@@ -313,6 +396,18 @@ def main(argv=None) -> int:
     parser.add_argument("--no-custom-nodes", action="store_true", help="load only ComfyUI's nodes and this pack")
     parser.add_argument("--verbose", action="store_true", help="show ComfyUI's own log")
     args = parser.parse_args(argv)
+    if args.workflow is None and args.save_identity is None:
+        parser.error("the WORKFLOW to run is missing")
+    for number, _ in args.person_ref:
+        if not number.isdigit() or int(number) < 2:
+            parser.error(f"--person-ref N PHOTO: N is the person's number, 2 or more (--ref gives person 1), not '{number}'")
+    if args.save_identity is not None:
+        if not args.ref:
+            parser.error("--save-identity needs the person's photos: --ref PHOTO (repeat for more)")
+        if args.person_ref or args.photo or args.prompt is not None:
+            parser.error("--save-identity saves one person from --ref photos; --person-ref, --photo and --prompt do not apply")
+    elif args.overwrite:
+        parser.error("--overwrite goes with --save-identity")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
     for name in ("width", "height"):

@@ -43,7 +43,8 @@ PAGE_TIMEOUT = 120.0
 CARDS_TIMEOUT = 20.0
 # Where the first widget of these nodes names a file: the model folder it lists, or the input folder.
 FILE_WIDGETS = {"LoadFlashFace": "flashface", "CheckpointLoaderSimple": "checkpoints",
-                "LoraLoaderModelOnly": "loras", "LoadImage": "input", "LoadImageMask": "input"}
+                "LoraLoaderModelOnly": "loras", "LoadImage": "input", "LoadImageMask": "input",
+                "FlashFaceLoadIdentity": "flashface_identities"}
 MODEL_FOLDERS = sorted({folder for folder in FILE_WIDGETS.values() if folder != "input"})
 # Frontend settings of the pictures: no minimap or canvas statistics; text drawn at every zoom.
 VIEW_SETTINGS = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
@@ -166,7 +167,8 @@ def graph_picture(browser, path: Path):
     from PIL import Image
 
     text = path.read_text()
-    browser.evaluate(DROP.replace("TEXT", json.dumps(text)).replace("NAME", json.dumps(path.name)))
+    # The name first: a graph's own text (a note) may hold the word NAME.
+    browser.evaluate(DROP.replace("NAME", json.dumps(path.name)).replace("TEXT", json.dumps(text)))
     try:
         report = browser.wait_for(LOADED.replace("COUNT", str(len(json.loads(text)["nodes"]))), timeout=30)
         if not (report["unregistered"] or report["dialogs"]):

@@ -337,6 +337,106 @@ def custom_advanced(graph: Graph):
           "sigmas nodes freely.", LIKENESS_NOTE, LAUNCH_NOTE, AGE_NOTE)
 
 
+# Two people: face boxes left and right (their default regions split the image between them), and each person's
+# prompt on the same half as their region.
+LEFT_FACE = {"face_x1": 0.1, "face_y1": 0.25, "face_x2": 0.4, "face_y2": 0.55}
+RIGHT_FACE = {"face_x1": 0.6, "face_y1": 0.25, "face_x2": 0.9, "face_y2": 0.55}
+DEFAULT_REGION = {"region_x1": 0.0, "region_y1": 0.0, "region_x2": 0.0, "region_y2": 0.0}
+IDENTITY_NAME = "person"
+PEOPLE_NOTE = (
+    "Two people, each from their own photos: each Encode node feeds one FlashFace Person node, chained (people -> "
+    "people) into the sampler. Each person's face box (face_x1..y2, fractions of the image) says where their face "
+    "goes; with the region values at 0 a person's region is the part of the image closer to their face box than to "
+    "the other's (here the left and right halves). Image tokens in a person's region read only that person's "
+    "references, so the faces do not blend. To move people: change their face boxes, or give region_x1..y2 (or "
+    "a region_mask) on the Person nodes, and keep the regional prompts' areas (Conditioning Set Area) on the same "
+    "parts. strength_scale on a Person node scales that person's feature strength alone."
+)
+THIRD_PERSON_NOTE = (
+    "A third person: one more set of Load Image nodes and an Encode node into one more FlashFace Person node "
+    "(people from the second Person node, its own face box), connected to the sampler in place of the second; and one "
+    "more Conditioning Set Area with its prompt, combined into the positive prompt. Move the face boxes (e.g. thirds "
+    "of the width) and the areas to match. Memory grows with people x reference photos; faces set close together "
+    "share the boundary between their regions."
+)
+
+
+def _regional_prompt(graph: Graph, checkpoint: int, text: str, area: dict, pos, title: str) -> int:
+    prompt = graph.add("CLIPTextEncode", pos, (400, 160), {"text": text}, title=title)
+    graph.link(checkpoint, 1, prompt, "clip")
+    placed = graph.add("ConditioningSetAreaPercentage", (pos[0] + 430, pos[1]), (320, 170), {**area, "strength": 1.0})
+    graph.link(prompt, 0, placed, "conditioning")
+    return placed
+
+
+def _combine(graph: Graph, first: int, second: int, pos) -> int:
+    combined = graph.add("ConditioningCombine", pos, (260, 50))
+    graph.link(first, 0, combined, "conditioning_1")
+    graph.link(second, 0, combined, "conditioning_2")
+    return combined
+
+
+def two_people(graph: Graph):
+    checkpoint, flashface = _models(graph, x=1200)
+    first = _references(graph, checkpoint, ["face_1.png", "face_2.png"], title="Person 1 photo")
+    second = _references(graph, checkpoint, ["face_3.png", "face_4.png"], y=900, title="Person 2 photo")
+    person_1 = graph.add("FlashFacePerson", (800, 0), (340, 420), {**DEFAULT_REGION, **LEFT_FACE, "strength_scale": 1.0},
+                         title="Person 1 (left)")
+    graph.link(first, 0, person_1, "references")
+    person_2 = graph.add("FlashFacePerson", (800, 900), (340, 420), {**DEFAULT_REGION, **RIGHT_FACE, "strength_scale": 1.0},
+                         title="Person 2 (right)")
+    graph.link(second, 0, person_2, "references")
+    graph.link(person_1, 0, person_2, "people")
+    base, negative = _prompts(graph, checkpoint, f"Two people standing side by side in a park, daylight, {SUFFIX}", x=1200)
+    left = _regional_prompt(graph, checkpoint, "a bearded man", {"width": 0.5, "height": 1.0, "x": 0.0, "y": 0.0},
+                            (1200, 800), "Person 1's prompt (left half)")
+    right = _regional_prompt(graph, checkpoint, "a woman in red", {"width": 0.5, "height": 1.0, "x": 0.5, "y": 0.0},
+                             (1200, 1000), "Person 2's prompt (right half)")
+    positive = _combine(graph, _combine(graph, base, left, (1630, 1220)), right, (1630, 1300))
+    latent = graph.add("EmptyLatentImage", (1200, 1220), (320, 110), {"width": 960, "height": 640, "batch_size": 1})
+    sampler = _sampler(graph, flashface, person_2, positive, negative, latent, NO_BOX, x=2000)
+    _decode_and_save(graph, sampler, checkpoint, "FlashFace_two_people", x=2450)
+    _note(graph, (2000, 680), (440, 560), MODELS_NOTE, PEOPLE_NOTE, THIRD_PERSON_NOTE,
+          "The sampler's own face box stays at 0: the Person nodes hold the face boxes. " + LAUNCH_NOTE)
+
+
+def save_identity(graph: Graph):
+    checkpoint, flashface = _models(graph)
+    encoder = _references(graph, checkpoint, ["face_1.png", "face_2.png", "face_3.png"])
+    saver = graph.add("FlashFaceSaveIdentity", (370, 900), (380, 110), {"name": IDENTITY_NAME, "overwrite": False})
+    graph.link(encoder, 0, saver, "references")
+    positive, negative = _prompts(graph, checkpoint, f"A handsome young man, with long brown hair, on the street in the night, soft light, {SUFFIX}")
+    latent = graph.add("EmptyLatentImage", (800, 800), (320, 110), {"width": 768, "height": 768, "batch_size": 1})
+    sampler = _sampler(graph, flashface, saver, positive, negative, latent, BOX)
+    _decode_and_save(graph, sampler, checkpoint, "FlashFace")
+    _note(graph, (1300, 680), (420, 420), MODELS_NOTE,
+          f"Saving an identity: FlashFace Save Identity writes the encoded photos (aligned crops, their latents, the "
+          f"detector and VAE that made them) to models/flashface_identities/{IDENTITY_NAME}.safetensors, then passes "
+          "them on, so this graph also makes an image. Change name for another person; an existing name stops the "
+          "graph unless overwrite is on. Load it in any graph with FlashFace Load Identity (the "
+          "flashface_saved_identity graph), without the photos or the detector; refresh the page to see a new name.",
+          LIKENESS_NOTE, LAUNCH_NOTE)
+
+
+def saved_identity(graph: Graph):
+    checkpoint, flashface = _models(graph)
+    loader = graph.add("FlashFaceLoadIdentity", (370, 0), (380, 110), {"identity": f"{IDENTITY_NAME}.safetensors"})
+    graph.link(checkpoint, 2, loader, "vae")
+    preview = graph.add("PreviewImage", (370, 160), (380, 340), title="Saved face crops")
+    graph.link(loader, 1, preview, "images")
+    positive, negative = _prompts(graph, checkpoint, f"A handsome young man, with long brown hair, on the street in the night, soft light, {SUFFIX}")
+    latent = graph.add("EmptyLatentImage", (800, 800), (320, 110), {"width": 768, "height": 768, "batch_size": 1})
+    sampler = _sampler(graph, flashface, loader, positive, negative, latent, BOX)
+    _decode_and_save(graph, sampler, checkpoint, "FlashFace_identity")
+    _note(graph, (1300, 680), (420, 420), MODELS_NOTE,
+          f"A saved identity in place of photos: FlashFace Load Identity reads models/flashface_identities/"
+          f"{IDENTITY_NAME}.safetensors (made by FlashFace Save Identity, the flashface_save_identity graph, or "
+          "python -m flashface_core.run --save-identity NAME --ref PHOTO ...) and gives the same references as the "
+          "photos it came from: the same image with the same seed. With another VAE than the one that saved it, the "
+          "saved crops are encoded again with it. For several people, connect it to a FlashFace Person node's "
+          "references as an Encode node's.", LIKENESS_NOTE, LAUNCH_NOTE)
+
+
 GRAPHS = {
     "flashface_from_photos": from_photos,
     "flashface_stock_ksampler": stock_ksampler,
@@ -345,6 +445,9 @@ GRAPHS = {
     "flashface_many_references": many_references,
     "flashface_drawn_to_real": drawn_to_real,
     "flashface_sampler_custom_advanced": custom_advanced,
+    "flashface_two_people": two_people,
+    "flashface_save_identity": save_identity,
+    "flashface_saved_identity": saved_identity,
 }
 
 
