@@ -84,6 +84,22 @@ def test_a_person_whose_region_is_empty_changes_nothing(flashface, inputs):
     assert torch.equal(alone, with_empty)
 
 
+def test_one_reference_pass_for_several_people_equals_a_pass_per_person(flashface, inputs):
+    from comfyui_flashface.flashface_core.injection import reference_pass
+
+    model, context = flashface.model, inputs["negative"][0][0]
+    people = [inputs["references"], _other_references(inputs)]
+    latents = [reference_pass.reference_latents(model, refs, "cpu", torch.float32) for refs in people]
+    timestep, kw = torch.tensor(500.0), dict(device=torch.device("cpu"), dtype=torch.float32)
+    with torch.no_grad():
+        joined = reference_pass._people_reference_pass(model, latents, context, timestep, **kw)
+        for refs, lat, features in zip(people, latents, joined):
+            alone = reference_pass.compute_reference_features(model, refs, context, timestep, latents=lat, **kw)
+            for name, (k, v) in alone.items():
+                # a batch of 8 faces and of 4 sum in other orders (the chunk test's bound)
+                assert relative(features[name][0], k) < 1e-5 and relative(features[name][1], v) < 1e-5, name
+
+
 def test_the_order_of_the_people_changes_nothing_and_swapping_their_references_does(flashface, inputs):
     refs, other = inputs["references"], _other_references(inputs)
     a = _sample(flashface, inputs, _people(_person(refs, LEFT), _person(other, RIGHT)))
@@ -154,7 +170,7 @@ def test_a_repeat_run_with_two_people_runs_no_reference_pass(flashface, inputs, 
     original = reference_pass.compute_reference_features
     monkeypatch.setattr(reference_pass, "compute_reference_features", lambda *a, **k: calls.append(1) or original(*a, **k))
     first = _sample(flashface, inputs, people)
-    assert len(calls) == 2 * 3  # each person, each step
+    assert len(calls) == 3  # one pass per step, both people's faces in it
     calls.clear()
     again = _sample(flashface, inputs, people, seed=1)
     assert calls == [] and not torch.equal(first, again)

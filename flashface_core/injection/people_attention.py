@@ -27,12 +27,20 @@ def _attention(layer, q, k, v):
 
 @dataclass
 class Gathered:
-    """One person's tokens at one block resolution: flat indices into [rows * tokens] and their
-    weights, and the same split by row for the plain-attention path."""
+    """One person's tokens at one block resolution: flat indices into [rows * tokens] and their weights."""
 
     index: torch.Tensor
     weight: torch.Tensor
-    by_row: list  # [(row, token indices in the row, weights)]
+    tokens: int
+    _by_row: list | None = None
+
+    def by_row(self) -> list:
+        """[(row, token indices in the row, weights)], for the plain-attention path (made once)."""
+        if self._by_row is None:
+            rows = self.index.div(self.tokens, rounding_mode="floor")
+            self._by_row = [(row, self.index[rows == row] - row * self.tokens, self.weight[rows == row])
+                            for row in rows.unique().tolist()]
+        return self._by_row
 
 
 @dataclass
@@ -56,9 +64,7 @@ class PeopleMix:
             for person in range(weights.shape[1]):
                 flat = weights[:, person].reshape(-1)
                 index = flat.nonzero().squeeze(1)
-                rows = index.div(tokens, rounding_mode="floor")
-                by_row = [(row, index[rows == row] - row * tokens, flat[index[rows == row]]) for row in rows.unique().tolist()]
-                people.append(Gathered(index, flat[index], by_row) if index.numel() else None)
+                people.append(Gathered(index, flat[index], tokens) if index.numel() else None)
             plain = 1.0 - weights.sum(1)
             self._sizes[(height, width)] = people, plain, (plain != 0).any(1).nonzero().squeeze(1).tolist()
         return self._sizes[(height, width)]
@@ -75,7 +81,7 @@ def people_attention_term(layer, y: torch.Tensor, features: list, mix: PeopleMix
     for gathered, (ref_k, ref_v) in zip(people, features):
         if gathered is None:
             continue
-        for row, at, weight in gathered.by_row:
+        for row, at, weight in gathered.by_row():
             keys, values = torch.cat([k[row:row + 1], ref_k], dim=1), torch.cat([v[row:row + 1], ref_v], dim=1)
             mixed[row, at] += weight.unsqueeze(-1).to(q.dtype) * _attention(layer, q[row:row + 1, at], keys, values)[0]
     return layer.to_out(mixed)
