@@ -16,6 +16,8 @@ no machine, thread count or device changes; it matches the official timesteps ev
 at a few exact halves.
 """
 
+import contextlib
+
 import comfy.model_sampling
 import torch
 
@@ -91,5 +93,26 @@ class OfficialTimestepSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy
         log_sigma = (1 - w) * self.log_sigmas[t.floor().long()] + w * self.log_sigmas[t.ceil().long()]
         return _exp(log_sigma).to(timestep.device)
 
+    pinned = None  # {sigma: timestep} set by pinned_timesteps, for replaying a recorded official run
+
     def timestep(self, sigma):
-        return official_timestep(self.log_sigmas, sigma).to(sigma.device)
+        t = official_timestep(self.log_sigmas, sigma).to(sigma.device)
+        for value, step in (self.pinned or {}).items():
+            t = torch.where(sigma == value, torch.full_like(t, step), t)
+        return t
+
+
+@contextlib.contextmanager
+def pinned_timesteps(model_sampling: OfficialTimestepSampling, sigmas: torch.Tensor, timesteps):
+    """Within the block, ``model_sampling`` answers ``timesteps`` for exactly these ``sigmas``.
+
+    Only for replaying a recorded official run at half times, where the official side came
+    from its machine's MKL rounding (docs/timesteps.md) and no rule can know it.
+    """
+    saved = model_sampling.pinned
+    pins = {float(sigma): float(step) for sigma, step in zip(sigmas.float().tolist(), timesteps)}
+    model_sampling.pinned = {**(saved or {}), **pins}
+    try:
+        yield
+    finally:
+        model_sampling.pinned = saved
