@@ -1,12 +1,22 @@
-"""Timesteps as the official FlashFace sampler chooses them.
+"""Timesteps as the official FlashFace sampler chooses them, computed the same way everywhere.
 
 The official sampler never rounds its trailing times t_i itself: it turns each t_i into a
 VP sigma, and at every evaluation turns the solver's sigma back into a fractional time
 (``_sigma_to_t`` in the official ``ldm/ops/diffusion.py``, all in float32) and rounds that,
-halves to even. When t_i ends in .5 (16, 48, 80, ... steps) the float32 round trip decides
-the side, so ComfyUI's nearest-timestep lookup differs from it at some steps. Both rules
-agree on every sigma that sits on an integer timestep.
+halves to even. Away from halves any faithful arithmetic gives the official timestep.
+
+When t_i ends in .5 (16, 48, 80, ... steps) the float32 round trip lands within a few ulps
+of the half, and the side is decided by the last bit of float32 ``sqrt``, ``exp`` and ``log``.
+On CPU torch takes those from MKL's vector math, which is not correctly rounded and whose
+bits change with the code path (AVX-512, AVX2 or SSE, tail or body of the vector): the
+official code itself gives different timesteps at these halves on different machines (see
+docs/timesteps.md). So this module does the official float32 arithmetic with correctly
+rounded ``sqrt``, ``exp`` and ``log`` (each done in float64 and rounded once to float32), which
+no machine, thread count or device changes; it matches the official timesteps everywhere but
+at a few exact halves.
 """
+
+import contextlib
 
 import comfy.model_sampling
 import torch
@@ -24,21 +34,47 @@ def trailing_timesteps(steps: int) -> torch.Tensor:
     return torch.arange(T_MAX, -1, -(1000.0 / steps), dtype=torch.float32).clamp(0, T_MAX)
 
 
-def official_timestep(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The integer timestep the official sampler evaluates at for the (ComfyUI, VE) ``sigma``.
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrt: float64 sqrt rounded to float32 is exact rounding
+    (53 >= 2 * 24 + 2 bits), unlike MKL's float32 ``vsSqrt``."""
+    return x.double().sqrt().float()
+
+
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """float32 exp rounded once from float64 (correctly rounded but for inputs whose exp lies
+    within about 1e-16 relative of a float32 rounding boundary)."""
+    return x.double().exp().float()
+
+
+def _log(x: torch.Tensor) -> torch.Tensor:
+    """float32 log rounded once from float64; see ``_exp``."""
+    return x.double().log().float()
+
+
+def official_time(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The fractional time the official sampler finds for the (ComfyUI, VE) ``sigma``: its
+    float32 VE -> VP -> VE round trip and log-sigma interpolation, with correctly rounded
+    sqrt, exp and log. Float32 +, -, *, / are IEEE on every device.
 
     ``log_sigmas``: the schedule's VE log-sigmas, float32 (ComfyUI's ``log_sigmas`` buffer,
     which equals the official table cast to float32).
     """
     sigma = sigma.to(device=log_sigmas.device, dtype=torch.float32)
     table = log_sigmas.float()
-    vp = (sigma**2 / (1 + sigma**2)) ** 0.5  # the official solver works on VP sigmas
-    log_sigma = ((vp**2 / (1 - vp**2)) ** 0.5).log().reshape(-1, 1)  # ... and maps them back to VE
-    low = ((log_sigma - table).ge(0).sum(dim=1) - 1).clamp(0, table.shape[0] - 2)
+    square = sigma * sigma
+    vp = _sqrt(square / (1 + square))  # the official solver works on VP sigmas
+    vp_square = vp * vp
+    log_sigma = _log(_sqrt(vp_square / (1 - vp_square))).reshape(-1, 1)  # ... and maps them back to VE
+    low = (log_sigma.ge(table).sum(dim=1) - 1).clamp(0, table.shape[0] - 2)
     high = low + 1
     weight = ((table[low] - log_sigma[:, 0]) / (table[low] - table[high])).clamp(0, 1)
-    t = (1 - weight) * low + weight * high
-    return t.round().reshape(sigma.shape)
+    return ((1 - weight) * low.float() + weight * high.float()).reshape(sigma.shape)
+
+
+def official_timestep(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The integer timestep the official sampler evaluates at for ``sigma``: ``official_time``
+    rounded halves to even, as ``torch.round`` does there."""
+    return official_time(log_sigmas, sigma).round()
 
 
 class OfficialTimestepSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
@@ -46,8 +82,37 @@ class OfficialTimestepSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy
 
     ComfyUI asks ``timestep`` for the U-Net's timestep on every model call, so the U-Net,
     the reference pass and FlashFace's guidance all see the official timestep, whatever
-    sampler or scheduler runs.
+    sampler or scheduler runs. ``sigma`` is ComfyUI's log-sigma interpolation with a
+    correctly rounded exp, so the trailing schedule's sigmas, and with them the timesteps
+    at half times, are the same bits on every machine.
     """
 
+    def sigma(self, timestep):
+        t = torch.clamp(timestep.float().to(self.log_sigmas.device), min=0, max=(len(self.sigmas) - 1))
+        w = t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[t.floor().long()] + w * self.log_sigmas[t.ceil().long()]
+        return _exp(log_sigma).to(timestep.device)
+
+    pinned = None  # {sigma: timestep} set by pinned_timesteps, for replaying a recorded official run
+
     def timestep(self, sigma):
-        return official_timestep(self.log_sigmas, sigma).to(sigma.device)
+        t = official_timestep(self.log_sigmas, sigma).to(sigma.device)
+        for value, step in (self.pinned or {}).items():
+            t = torch.where(sigma == value, torch.full_like(t, step), t)
+        return t
+
+
+@contextlib.contextmanager
+def pinned_timesteps(model_sampling: OfficialTimestepSampling, sigmas: torch.Tensor, timesteps):
+    """Within the block, ``model_sampling`` answers ``timesteps`` for exactly these ``sigmas``.
+
+    Only for replaying a recorded official run at half times, where the official side came
+    from its machine's MKL rounding (docs/timesteps.md) and no rule can know it.
+    """
+    saved = model_sampling.pinned
+    pins = {float(sigma): float(step) for sigma, step in zip(sigmas.float().tolist(), timesteps)}
+    model_sampling.pinned = {**(saved or {}), **pins}
+    try:
+        yield
+    finally:
+        model_sampling.pinned = saved

@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 
 from ..contract import FACE_MASK_KEY, GuidanceSettings, with_condition_strengths
 from ..guidance.sampling import sample
-from ..guidance.schedules import TRAILING
+from ..guidance.schedules import TRAILING, trailing_sigmas
 from ..injection.apply import apply_flashface
 from ..loader import load_flashface
 from ..model.face_position import FacePosition
 from ..model.references import FlashFaceReferences
+from ..model.timesteps import pinned_timesteps, trailing_timesteps
 from . import golden_sets
 from .golden_sets import SETTINGS, TENSORS, relative_error
 
@@ -120,10 +121,16 @@ def sample_z0(golden: GoldenSet, model) -> torch.Tensor:
     model = with_golden_references(model, golden, face_mask=t["mask"])
     noise = t["noise"]
     latent = {"samples": torch.zeros_like(noise)}
-    result = sample(
-        model, [[t["cond"], {}]], [[t["uncond"], {}]], latent, seed=0, steps=settings["steps"],
-        sampler_name="euler", scheduler=TRAILING, denoise=1.0, guidance=golden_guidance(settings), noise=noise,
-    )
+    # At exact half times the recorded run's side is its machine's MKL rounding (docs/timesteps.md):
+    # replay those timesteps; every other timestep is the pack's own (tests/test_sampling.py checks them).
+    steps = settings["steps"]
+    halves = trailing_timesteps(steps).frac() == 0.5
+    seen = [s for s, half in zip(golden.settings["unet_timesteps_seen_in_sampling"], halves.tolist()) if half]
+    with pinned_timesteps(model.model.model_sampling, trailing_sigmas(model.model.model_sampling, steps)[:-1][halves], seen):
+        result = sample(
+            model, [[t["cond"], {}]], [[t["uncond"], {}]], latent, seed=0, steps=steps,
+            sampler_name="euler", scheduler=TRAILING, denoise=1.0, guidance=golden_guidance(settings), noise=noise,
+        )
     return model.model.process_latent_in(result["samples"].float())
 
 
