@@ -8,8 +8,10 @@ downloaded) and, under ``torch.inference_mode()`` as ComfyUI's executor runs nod
 ComfyUI's device: one plain U-Net evaluation, a plain CFG step, the reference pass alone,
 the two- and three-evaluation FlashFace steps with every lever off (``*_base``) and on
 (a first run: the reference pass computed), the same steps of a repeat run (reference pass
-cached), and whole short sampling runs through the FlashFace sampler (levers off, a first
-run, a repeat run). Variants are interleaved round by round and each figure is the median
+cached), the three-evaluation step with two people (two random reference sets, left and right
+regions and face boxes; a first run and a repeat run) beside the second person's reference
+pass, and whole short sampling runs through the FlashFace sampler (levers off, a first run, a
+repeat run). Variants are interleaved round by round and each figure is the median
 of its rounds after a warm-up (wall clock; the JSON also has the process CPU time). Prints a table, then one
 JSON line with every figure, its ratio to the plain CFG step, the attention ComfyUI chose
 and each variant's peak memory.
@@ -97,6 +99,7 @@ def count_flops(steps: dict, labels: dict) -> int:
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
         steps["ff2_cached_s"]()  # fill the cache, so the repeat-run steps count what they run
         steps["ff3_cached_s"]()
+        steps["ff3_two_people_cached_s"]()
         for name, fn in steps.items():
             counter = FlopCounterMode(display=False)
             with counter:
@@ -165,7 +168,10 @@ def main(argv=None) -> int:
     from flashface_core.injection.apply import apply_flashface
     from flashface_core.model.flashface_model import FlashFaceConfig
     from flashface_core.model.loading import TORCH_DTYPES
+    from flashface_core.model.face_position import FacePosition
     from flashface_core.model.references import FlashFaceReferences
+    from flashface_core.people.person import add_person
+    from flashface_core.people.regions import Region, people_in_picture
     from flashface_core.tools.golden_model import evaluate_conditions
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
@@ -200,30 +206,45 @@ def main(argv=None) -> int:
     mask[latent // 4:3 * latent // 4, latent // 4:3 * latent // 4] = 1.0
     references = FlashFaceReferences(torch.randn(args.refs, 4, 28, 28, generator=generator))
     with_refs = apply_flashface(flashface, references, [[negative, {}]], 1.2)
+    # Two people: the first person's references and another random set, left and right.
+    second_references = FlashFaceReferences(torch.randn(args.refs, 4, 28, 28, generator=generator))
+    people = None
+    for person_references, region, face in ((references, (0.0, 0.0, 0.5, 1.0), (0.1, 0.25, 0.4, 0.75)),
+                                            (second_references, (0.5, 0.0, 1.0, 1.0), (0.6, 0.25, 0.9, 0.75))):
+        people = add_person(people, person_references, Region(box=region), FacePosition(box=face), 1.0)
+    with_people = apply_flashface(flashface, people, [[negative, {}]], 1.2)
+    # What the sampler's OUTER_SAMPLE wrapper puts on every condition (evaluate_conditions runs no sampler).
+    _, regions, face_positions = people_in_picture(people.people, args.batch, latent, latent)
+    people_extra = {contract.REGIONS_KEY: regions, contract.FACE_MASK_KEY: face_positions}
     cache = wrappers.reference_cache(flashface)
 
     ALL_OFF = contract.SpeedSettings(cache_reference_pass=False, share_encoder=False, merged_attention=False)
     guidance = contract.GuidanceSettings(text_guidance=TEXT_GUIDANCE, reference_guidance=REFERENCE_GUIDANCE,
                                          reference_start=REFERENCE_GUIDANCE_START, early_strength=0.85, cfg_rescale=0.0)
 
-    def levers(speed):
-        patched = with_refs.clone()
+    def levers(speed, source=with_refs):
+        patched = source.clone()
         contract.set_speed(patched, speed)
         return patched
 
     base, first, repeat = levers(ALL_OFF), levers(contract.SpeedSettings(cache_reference_pass=False)), levers(contract.SpeedSettings())
     two = ([positive, negative], [0.85, 0.85], 900)  # before reference guidance
     three = ([positive, negative, positive], [0.0, 0.0, 1.2], 500)  # after it starts
+    two_people_first, two_people_repeat = (levers(contract.SpeedSettings(cache_reference_pass=False), with_people),
+                                           levers(contract.SpeedSettings(), with_people))
+    three_people = ([[[context, people_extra]] for context in three[0]], *three[1:])
 
     def step(patcher, contexts, strengths, timestep):
         return lambda: evaluate_conditions(patcher, x, timestep, contexts, strengths, mask)
 
-    def reference_pass():
-        comfy.model_management.load_models_gpu([with_refs])
-        settings = contract.get_settings(with_refs.model_options)
-        compute_dtype = model.manual_cast_dtype or model.get_dtype()
-        compute_reference_features(model, settings.people[0].references, settings.reference_context, torch.tensor([500.0]), device,
-                                   compute_dtype)
+    def reference_pass(person=0, patcher=with_refs):
+        def go():
+            comfy.model_management.load_models_gpu([patcher])
+            settings = contract.get_settings(patcher.model_options)
+            compute_dtype = model.manual_cast_dtype or model.get_dtype()
+            compute_reference_features(model, settings.people[person].references, settings.reference_context, torch.tensor([500.0]),
+                                       device, compute_dtype)
+        return go
 
     def run(patcher, first_run):
         def go():
@@ -236,13 +257,16 @@ def main(argv=None) -> int:
     steps = {
         "plain_eval_s": step(plain, [positive], [0.0], 500),
         "plain_cfg_s": step(plain, [positive, negative], [0.0, 0.0], 500),
-        "ref_pass_s": reference_pass,
+        "ref_pass_s": reference_pass(),
         "ff2_base_s": step(base, *two),
         "ff2_s": step(first, *two),
         "ff2_cached_s": step(repeat, *two),
         "ff3_base_s": step(base, *three),
         "ff3_s": step(first, *three),
         "ff3_cached_s": step(repeat, *three),
+        "ref_pass_second_s": reference_pass(1, with_people),
+        "ff3_two_people_s": step(two_people_first, *three_people),
+        "ff3_two_people_cached_s": step(two_people_repeat, *three_people),
     }
     if args.official:
         # The demo runs the float32 official model under autocast on CUDA; elsewhere in float32.
@@ -257,6 +281,8 @@ def main(argv=None) -> int:
         "ff2_s": "FlashFace 2-evaluation step, levers on", "ff2_cached_s": "FlashFace 2-evaluation step, repeat run (cached)",
         "ff3_base_s": "FlashFace 3-evaluation step, levers off", "ff3_s": "FlashFace 3-evaluation step, levers on",
         "ff3_cached_s": "FlashFace 3-evaluation step, repeat run (cached)",
+        "ref_pass_second_s": "second person's reference pass alone", "ff3_two_people_s": "two people, 3-evaluation step, levers on",
+        "ff3_two_people_cached_s": "two people, 3-evaluation step, repeat run",
         "official_ff2_s": "official FlashFace U-Net, 2-condition step", "official_ff3_s": "official FlashFace U-Net, 3-condition step",
         "run_base_s": f"{args.steps}-step FlashFace run, levers off", "run_s": f"{args.steps}-step FlashFace run, first run",
         "run_cached_s": f"{args.steps}-step FlashFace run, repeat run",
@@ -316,7 +342,8 @@ def main(argv=None) -> int:
         # Warm-up: load the model, and fill the cache at the timesteps of the repeat-run steps.
         for name in ("plain_eval_s", "ff2_cached_s", "ff3_cached_s"):
             steps[name]()
-        cache_mb = cache.nbytes / 2**20 / cache.timesteps
+        cache_mb = cache.nbytes / 2**20 / cache.timesteps  # one person's
+        steps["ff3_two_people_cached_s"]()
         for group, repeats in ((steps, args.repeats), (runs, args.run_repeats)):
             for _ in range(repeats):  # interleaved: every variant once per round
                 for name in group:
@@ -340,6 +367,12 @@ def main(argv=None) -> int:
         "all_seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()},
         "cpu_seconds": {k: round(statistics.median(v), 3) for k, v in cpu_seconds.items()},
     })
+    # The bound: two people cost at most 1.15x one person plus the second reference pass.
+    bound = 1.15 * medians["ff3_s"] + medians["ref_pass_second_s"]
+    result["two_people_bound_ratio"] = round(medians["ff3_two_people_s"] / bound, 3)
+    result["two_people_cached_vs_one_ratio"] = round(medians["ff3_two_people_cached_s"] / medians["ff3_cached_s"], 3)
+    print(f"two people vs 1.15 x one person + the second reference pass: {result['two_people_bound_ratio']:.3f} (at most 1); "
+          f"repeat runs, two people vs one: {result['two_people_cached_vs_one_ratio']:.3f}")
     if agreement:
         result["official_relative_difference"] = {k: float(f"{v:.3g}") for k, v in agreement.items()}
         result["official_attention"] = official_attention(device)
