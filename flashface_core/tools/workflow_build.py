@@ -400,15 +400,20 @@ def two_people(graph: Graph):
           "The sampler's own face box stays at 0: the Person nodes hold the face boxes. " + LAUNCH_NOTE)
 
 
+def _identity_portrait(graph: Graph, checkpoint: int, flashface: int, references: int, prefix: str):
+    """The identity graphs' picture: one prompt, a square latent, the sampler and the save."""
+    positive, negative = _prompts(graph, checkpoint, f"A handsome young man, with long brown hair, on the street in the night, soft light, {SUFFIX}")
+    latent = graph.add("EmptyLatentImage", (800, 800), (320, 110), {"width": 768, "height": 768, "batch_size": 1})
+    sampler = _sampler(graph, flashface, references, positive, negative, latent, BOX)
+    _decode_and_save(graph, sampler, checkpoint, prefix)
+
+
 def save_identity(graph: Graph):
     checkpoint, flashface = _models(graph)
     encoder = _references(graph, checkpoint, ["face_1.png", "face_2.png", "face_3.png"])
     saver = graph.add("FlashFaceSaveIdentity", (370, 900), (380, 110), {"name": IDENTITY_NAME, "overwrite": False})
     graph.link(encoder, 0, saver, "references")
-    positive, negative = _prompts(graph, checkpoint, f"A handsome young man, with long brown hair, on the street in the night, soft light, {SUFFIX}")
-    latent = graph.add("EmptyLatentImage", (800, 800), (320, 110), {"width": 768, "height": 768, "batch_size": 1})
-    sampler = _sampler(graph, flashface, saver, positive, negative, latent, BOX)
-    _decode_and_save(graph, sampler, checkpoint, "FlashFace")
+    _identity_portrait(graph, checkpoint, flashface, saver, "FlashFace")
     _note(graph, (1300, 680), (420, 420), MODELS_NOTE,
           f"Saving an identity: FlashFace Save Identity writes the encoded photos (aligned crops, their latents, the "
           f"detector and VAE that made them) to models/flashface_identities/{IDENTITY_NAME}.safetensors, then passes "
@@ -424,10 +429,7 @@ def saved_identity(graph: Graph):
     graph.link(checkpoint, 2, loader, "vae")
     preview = graph.add("PreviewImage", (370, 160), (380, 340), title="Saved face crops")
     graph.link(loader, 1, preview, "images")
-    positive, negative = _prompts(graph, checkpoint, f"A handsome young man, with long brown hair, on the street in the night, soft light, {SUFFIX}")
-    latent = graph.add("EmptyLatentImage", (800, 800), (320, 110), {"width": 768, "height": 768, "batch_size": 1})
-    sampler = _sampler(graph, flashface, loader, positive, negative, latent, BOX)
-    _decode_and_save(graph, sampler, checkpoint, "FlashFace_identity")
+    _identity_portrait(graph, checkpoint, flashface, loader, "FlashFace_identity")
     _note(graph, (1300, 680), (420, 420), MODELS_NOTE,
           f"A saved identity in place of photos: FlashFace Load Identity reads models/flashface_identities/"
           f"{IDENTITY_NAME}.safetensors (made by FlashFace Save Identity, the flashface_save_identity graph, or "
