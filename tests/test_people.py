@@ -43,8 +43,8 @@ def relative(a, b):
 
 
 def test_one_person_on_the_whole_image_reproduces_the_plain_path_on_every_golden_set(golden_sets):
-    from comfyui_flashface.flashface_core.guidance.sampling import sample
-    from comfyui_flashface.flashface_core.injection.apply import apply_flashface
+    """A Person node's whole-image region runs the per-person attention (gathered queries), not
+    the plain path: the official sampling run through it equals today's, and so the golden data."""
     from comfyui_flashface.flashface_core.loader import load_flashface
     from comfyui_flashface.flashface_core.model.face_position import FacePosition
     from comfyui_flashface.flashface_core.model.references import FlashFaceReferences
@@ -56,17 +56,12 @@ def test_one_person_on_the_whole_image_reproduces_the_plain_path_on_every_golden
         golden = golden_model.GoldenSet.load(path)
         model = load_flashface(golden.checkpoint, "fp32")
         t = golden.tensors
-        today = golden_model.sample_z0(golden, model)
         references = FlashFaceReferences(model.model.latent_format.process_out(t["ref_latents"]))
         whole = _people(Person(references, Region(box=(0.0, 0.0, 1.0, 1.0)), FacePosition(mask=t["mask"])))
-        settings = golden.settings["settings"]
-        patched = apply_flashface(model, whole, [[t["uncond"], {}]], settings["feature_strength"])
-        result = sample(patched, [[t["cond"], {}]], [[t["uncond"], {}]], {"samples": torch.zeros_like(t["noise"])}, 0,
-                        settings["steps"], "euler", "trailing", 1.0, golden_model.golden_guidance(settings), noise=t["noise"])
-        people_z0 = model.model.process_latent_in(result["samples"].float())
+        today = golden_model.sample_z0(golden, model)
+        people_z0 = golden_model.sample_z0(golden, model, whole)
         assert relative(people_z0, today) < 1e-6, path
-        # and the official parity through the people path, as far as the plain path holds it here
-        assert relative(people_z0, t["sample_z0"]) < relative(today, t["sample_z0"]) + 1e-6, path
+        assert relative(people_z0, t["sample_z0"]) < 1e-5, path
 
 
 def test_two_people_with_the_same_references_and_complementary_regions_equal_one_person(flashface, inputs):

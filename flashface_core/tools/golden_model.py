@@ -112,13 +112,17 @@ def golden_guidance(settings: dict) -> GuidanceSettings:
     )
 
 
-def sample_z0(golden: GoldenSet, model) -> torch.Tensor:
-    """The official sampling run through FlashFaceSampler's code path; scaled latents."""
+def sample_z0(golden: GoldenSet, model, people=None) -> torch.Tensor:
+    """The official sampling run through FlashFaceSampler's code path; scaled latents. ``people``
+    (FlashFacePeople) replace the set's references and face mask, to run them through the people path."""
     t = golden.tensors
     settings = golden.settings["settings"]
     if settings.get("timesteps") != TRAILING or not settings.get("solver", "").startswith("ddim"):
         raise ValueError(f"{golden.path}: only the official DDIM run on trailing timesteps is reproduced.")
-    model = with_golden_references(model, golden, face_mask=t["mask"])
+    if people is None:
+        model = with_golden_references(model, golden, face_mask=t["mask"])
+    else:
+        model = apply_flashface(model, people, [[t["uncond"], {}]], settings["feature_strength"])
     noise = t["noise"]
     latent = {"samples": torch.zeros_like(noise)}
     # At exact half times the recorded run's side is its machine's MKL rounding (docs/timesteps.md):
