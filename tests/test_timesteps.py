@@ -13,24 +13,22 @@ from conftest import HOST, ROOT
 
 pytestmark = pytest.mark.host
 
-# All 200 trailing schedules' sigmas and timesteps; run here and in fresh processes.
-_DUMP = """
-from flashface_core.guidance.schedules import trailing_sigmas
-from flashface_core.model.timesteps import OfficialTimestepSampling
+def dump() -> dict:
+    """All 200 trailing schedules' sigmas and timesteps; run here and in fresh processes."""
+    from comfyui_flashface.flashface_core.guidance.schedules import trailing_sigmas
+    from comfyui_flashface.flashface_core.model.timesteps import OfficialTimestepSampling
 
-def dump():
     sampling = OfficialTimestepSampling(None)
     out = {}
     for steps in range(1, 201):
         sigmas = trailing_sigmas(sampling, steps)[:-1]
         out[str(steps)] = [sigmas.tolist(), sampling.timestep(sigmas).tolist()]
     return out
-"""
-_FRESH = "import json, sys; sys.path.insert(0, '.')\nfrom flashface_core.tools.host import import_comfyui; import_comfyui()\n"
 
 
 def _dump_in_fresh_process(**env) -> dict:
-    script = _FRESH + _DUMP + "print(json.dumps(dump()))\n"
+    """``dump()`` in a new Python with ``env`` set before torch loads (this module, imported there)."""
+    script = "import json, sys; sys.path.insert(0, 'tests'); import test_timesteps; print(json.dumps(test_timesteps.dump()))"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=str(ROOT),
         env={**os.environ, "COMFYUI_PATH": str(HOST), **env},
@@ -43,9 +41,7 @@ def test_timesteps_do_not_depend_on_the_cpu_math_library_code_path():
     """MKL's float32 sqrt/exp/log give other last bits on its SSE path than on AVX-512/AVX2;
     that moved the timestep at half times (wrong at 80 and 160 steps there, at 16, 32, ... 192
     here). Threads and MKL's code path must not change a bit."""
-    namespace = {}
-    exec(_DUMP.replace("flashface_core", "comfyui_flashface.flashface_core"), namespace)
-    here = namespace["dump"]()
+    here = dump()
     assert _dump_in_fresh_process(OMP_NUM_THREADS="1", MKL_CBWR="SSE4_2") == here
     assert _dump_in_fresh_process(OMP_NUM_THREADS="2", MKL_CBWR="AVX2") == here
 
