@@ -16,8 +16,6 @@ no machine, thread count or device changes; it matches the official timesteps ev
 at a few exact halves.
 """
 
-import contextlib
-
 import comfy.model_sampling
 import torch
 
@@ -34,6 +32,8 @@ def trailing_timesteps(steps: int) -> torch.Tensor:
     return torch.arange(T_MAX, -1, -(1000.0 / steps), dtype=torch.float32).clamp(0, T_MAX)
 
 
+# These few values are worked out on the CPU, whatever device the model is on: float64 is not
+# on every device (Apple's MPS has none), and the CPU gives the same bits everywhere.
 def _sqrt(x: torch.Tensor) -> torch.Tensor:
     """Correctly rounded float32 sqrt: float64 sqrt rounded to float32 is exact rounding
     (53 >= 2 * 24 + 2 bits), unlike MKL's float32 ``vsSqrt``."""
@@ -51,6 +51,9 @@ def _log(x: torch.Tensor) -> torch.Tensor:
     return x.double().log().float()
 
 
+CPU = torch.device("cpu")
+
+
 def official_time(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """The fractional time the official sampler finds for the (ComfyUI, VE) ``sigma``: its
     float32 VE -> VP -> VE round trip and log-sigma interpolation, with correctly rounded
@@ -59,8 +62,8 @@ def official_time(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
     ``log_sigmas``: the schedule's VE log-sigmas, float32 (ComfyUI's ``log_sigmas`` buffer,
     which equals the official table cast to float32).
     """
-    sigma = sigma.to(device=log_sigmas.device, dtype=torch.float32)
-    table = log_sigmas.float()
+    sigma = sigma.to(device=CPU, dtype=torch.float32)
+    table = log_sigmas.to(device=CPU, dtype=torch.float32)
     square = sigma * sigma
     vp = _sqrt(square / (1 + square))  # the official solver works on VP sigmas
     vp_square = vp * vp
@@ -88,31 +91,11 @@ class OfficialTimestepSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy
     """
 
     def sigma(self, timestep):
-        t = torch.clamp(timestep.float().to(self.log_sigmas.device), min=0, max=(len(self.sigmas) - 1))
+        t = torch.clamp(timestep.float().to(CPU), min=0, max=(len(self.sigmas) - 1))
         w = t.frac()
-        log_sigma = (1 - w) * self.log_sigmas[t.floor().long()] + w * self.log_sigmas[t.ceil().long()]
+        table = self.log_sigmas.to(CPU)
+        log_sigma = (1 - w) * table[t.floor().long()] + w * table[t.ceil().long()]
         return _exp(log_sigma).to(timestep.device)
 
-    pinned = None  # {sigma: timestep} set by pinned_timesteps, for replaying a recorded official run
-
     def timestep(self, sigma):
-        t = official_timestep(self.log_sigmas, sigma).to(sigma.device)
-        for value, step in (self.pinned or {}).items():
-            t = torch.where(sigma == value, torch.full_like(t, step), t)
-        return t
-
-
-@contextlib.contextmanager
-def pinned_timesteps(model_sampling: OfficialTimestepSampling, sigmas: torch.Tensor, timesteps):
-    """Within the block, ``model_sampling`` answers ``timesteps`` for exactly these ``sigmas``.
-
-    Only for replaying a recorded official run at half times, where the official side came
-    from its machine's MKL rounding (docs/timesteps.md) and no rule can know it.
-    """
-    saved = model_sampling.pinned
-    pins = {float(sigma): float(step) for sigma, step in zip(sigmas.float().tolist(), timesteps)}
-    model_sampling.pinned = {**(saved or {}), **pins}
-    try:
-        yield
-    finally:
-        model_sampling.pinned = saved
+        return official_timestep(self.log_sigmas, sigma).to(sigma.device)

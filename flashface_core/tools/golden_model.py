@@ -4,6 +4,7 @@ Each evaluation goes through ComfyUI's own condition batching (``calc_cond_batch
 the condition indices, batching and FlashFace patches are exactly those of a sampler run.
 """
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..injection.apply import apply_flashface
 from ..loader import load_flashface
 from ..model.face_position import FacePosition
 from ..model.references import FlashFaceReferences
-from ..model.timesteps import pinned_timesteps, trailing_timesteps
+from ..model.timesteps import trailing_timesteps
 from . import golden_sets
 from .golden_sets import SETTINGS, TENSORS, relative_error
 
@@ -112,6 +113,30 @@ def golden_guidance(settings: dict) -> GuidanceSettings:
     )
 
 
+@contextlib.contextmanager
+def replayed_timesteps(model_sampling, sigmas: torch.Tensor, timesteps):
+    """Within the block, ``model_sampling`` answers ``timesteps`` for exactly these ``sigmas``.
+
+    Only for replaying a recorded official run at half times, where the official side came
+    from its machine's MKL rounding (docs/timesteps.md) and no rule can know it; the pack's
+    own rule answers every other sigma.
+    """
+    own = model_sampling.timestep
+    pins = list(zip(sigmas.float().tolist(), timesteps))
+
+    def timestep(sigma):
+        t = own(sigma)
+        for value, step in pins:
+            t = torch.where(sigma == value, torch.full_like(t, float(step)), t)
+        return t
+
+    model_sampling.timestep = timestep
+    try:
+        yield
+    finally:
+        del model_sampling.timestep
+
+
 def sample_z0(golden: GoldenSet, model, people=None) -> torch.Tensor:
     """The official sampling run through FlashFaceSampler's code path; scaled latents. ``people``
     (FlashFacePeople) replace the set's references and face mask, to run them through the people path."""
@@ -130,7 +155,7 @@ def sample_z0(golden: GoldenSet, model, people=None) -> torch.Tensor:
     steps = settings["steps"]
     halves = trailing_timesteps(steps).frac() == 0.5
     seen = [s for s, half in zip(golden.settings["unet_timesteps_seen_in_sampling"], halves.tolist()) if half]
-    with pinned_timesteps(model.model.model_sampling, trailing_sigmas(model.model.model_sampling, steps)[:-1][halves], seen):
+    with replayed_timesteps(model.model.model_sampling, trailing_sigmas(model.model.model_sampling, steps)[:-1][halves], seen):
         result = sample(
             model, [[t["cond"], {}]], [[t["uncond"], {}]], latent, seed=0, steps=steps,
             sampler_name="euler", scheduler=TRAILING, denoise=1.0, guidance=golden_guidance(settings), noise=noise,
