@@ -2,9 +2,9 @@
 
 from comfy_api.v0_0_2 import io
 
-from ..flashface_core.model.face_position import FacePosition
+from ..flashface_core.model.face_position import face_position
 from ..flashface_core.people.person import add_person
-from ..flashface_core.people.regions import Region
+from ..flashface_core.people.regions import region_of
 from . import widgets
 
 
@@ -55,16 +55,6 @@ class FlashFacePerson(io.ComfyNode):
                 strength_scale, people=None, region_mask=None, face_mask=None) -> io.NodeOutput:
         region_box = (region_x1, region_y1, region_x2, region_y2)
         face_box = (face_x1, face_y1, face_x2, face_y2)
-        return io.NodeOutput(add_person(people, references, _region(region_box, region_mask), _face(face_box, face_mask),
-                                        strength_scale))
+        return io.NodeOutput(add_person(people, references, region_of(region_box, region_mask),
+                                        face_position(face_box, face_mask), strength_scale))
 
-
-def _region(box, mask) -> Region | None:
-    if mask is not None:
-        return Region(mask=mask)
-    return None if all(v == 0 for v in box) else Region(box=box)
-
-
-def _face(box, mask) -> FacePosition | None:
-    box = None if all(v == 0 for v in box) else box
-    return FacePosition(box=box, mask=mask) if (box is not None or mask is not None) else None

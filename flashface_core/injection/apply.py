@@ -4,7 +4,7 @@ import comfy.model_management
 import torch
 
 from ..contract import FlashFaceSettings, set_settings
-from ..model.face_position import FacePosition
+from ..model.face_position import face_position
 from ..model.loading import is_flashface_model
 from ..model.references import LATENT_CHANNELS, FlashFaceReferences
 from ..people.person import FlashFacePeople, one_person
@@ -100,9 +100,9 @@ def check_reference_count(model, people, node: str):
 def people_of(references, face_box, face_mask, node: str) -> tuple:
     """The people a sampler reads: plain references are one person with the node's face
     position; people from FlashFace Person nodes bring their own."""
-    box = None if face_box is None or all(v == 0 for v in face_box) else face_box
+    position = face_position(face_box, face_mask)
     if isinstance(references, FlashFacePeople):
-        if box is not None or face_mask is not None:
+        if position is not None:
             raise ValueError(
                 f"{node}: with people connected, each FlashFace Person node has its own face box and mask; set this "
                 "node's face box to zeros and disconnect its face_mask."
@@ -111,7 +111,6 @@ def people_of(references, face_box, face_mask, node: str) -> tuple:
     if not isinstance(references, FlashFaceReferences):
         raise ValueError(f"{node}: connect the references output of FlashFace Encode Reference Faces, or the people "
                          "output of FlashFace Person.")
-    position = FacePosition(box=box, mask=face_mask) if (box is not None or face_mask is not None) else None
     return one_person(references, position)
 
 

@@ -13,15 +13,16 @@ import torch
 LATENT_STRIDE = 8
 
 
-def validate_face_box(box) -> tuple[float, float, float, float]:
-    """Return the box as floats, or raise with a message that says what to fix."""
+def validate_face_box(box, what: str = "Face box", zeros: str = "no constraint") -> tuple[float, float, float, float]:
+    """Return the box as floats, or raise with a message that says what to fix (``what`` names
+    the box, ``zeros`` what all zeros mean for it)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if (x1, y1, x2, y2) == (0.0, 0.0, 0.0, 0.0):
         return x1, y1, x2, y2
     if not all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)):
-        raise ValueError(f"Face box {box} must use fractions of the image between 0 and 1.")
+        raise ValueError(f"{what} {box} must use fractions of the image between 0 and 1.")
     if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"Face box {box} is empty: it needs x2 > x1 and y2 > y1 (or all zeros for no constraint).")
+        raise ValueError(f"{what} {box} is empty: it needs x2 > x1 and y2 > y1 (or all zeros for {zeros}).")
     return x1, y1, x2, y2
 
 
@@ -91,3 +92,10 @@ class FacePosition:
 
     def __deepcopy__(self, memo):
         return self
+
+
+def face_position(box=None, mask: torch.Tensor | None = None) -> FacePosition | None:
+    """A node's face box and face mask as a FacePosition; None when neither says where the face
+    goes (no box, or all four at 0, and no mask)."""
+    box = None if box is None or all(v == 0 for v in box) else box
+    return FacePosition(box=box, mask=mask) if (box is not None or mask is not None) else None

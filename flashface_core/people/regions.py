@@ -12,16 +12,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from ..model.face_position import validate_face_box
+
 logger = logging.getLogger(__name__)
-
-
-def _check_box(box, what: str) -> tuple[float, float, float, float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if not all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)):
-        raise ValueError(f"The {what} {box} must use fractions of the image between 0 and 1.")
-    if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"The {what} {box} is empty: it needs x2 > x1 and y2 > y1 (or all zeros for the default region).")
-    return x1, y1, x2, y2
 
 
 def _coverage(start: float, end: float, cells: int) -> torch.Tensor:
@@ -36,7 +29,7 @@ class Region:
     def __init__(self, box=None, mask: torch.Tensor | None = None, what: str = "region"):
         if (box is None) == (mask is None):
             raise ValueError("A region is a box or a mask.")
-        self.box = _check_box(box, f"{what} box") if box is not None else None
+        self.box = validate_face_box(box, f"The {what} box", "the default region") if box is not None else None
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3)):
             raise ValueError(f"The {what} mask must be a MASK [H, W] or [B, H, W]; got {tuple(getattr(mask, 'shape', ()))}.")
         self.mask = mask
@@ -59,6 +52,13 @@ class Region:
 
     def __deepcopy__(self, memo):
         return self
+
+
+def region_of(box, mask: torch.Tensor | None) -> Region | None:
+    """A Person node's region: its mask, else its box; None (the default region) for a box of zeros."""
+    if mask is not None:
+        return Region(mask=mask)
+    return None if all(v == 0 for v in box) else Region(box=box)
 
 
 def _batched(weights: torch.Tensor, batch: int) -> torch.Tensor:
