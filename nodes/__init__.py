@@ -7,6 +7,7 @@ Node classes here are thin: they declare their inputs (V3 schema) and call
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .apply_flashface import ApplyFlashFace
+from .detail import FlashFaceCropFaces, FlashFaceFaceDetail, FlashFaceStitchFaces
 from .encode_faces import FlashFaceEncodeReferenceFaces
 from .identity import FlashFaceLoadIdentity, FlashFaceSaveIdentity
 from .loader import LoadFlashFace
@@ -17,7 +18,8 @@ from .sampler import FlashFaceGuider, FlashFaceSampler, FlashFaceScheduler
 class FlashFaceExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LoadFlashFace, FlashFaceEncodeReferenceFaces, ApplyFlashFace, FlashFaceSampler, FlashFaceGuider, FlashFaceScheduler,
-                FlashFaceSaveIdentity, FlashFaceLoadIdentity, FlashFacePerson]
+                FlashFaceSaveIdentity, FlashFaceLoadIdentity, FlashFacePerson, FlashFaceCropFaces, FlashFaceStitchFaces,
+                FlashFaceFaceDetail]
 
 
 async def comfy_entrypoint() -> FlashFaceExtension:

@@ -1,6 +1,5 @@
 """FlashFace sampling nodes: the one-box sampler, the GUIDER and the official schedule."""
 
-import comfy.samplers
 from comfy_api.v0_0_2 import io
 
 from ..flashface_core.contract import GuidanceSettings
@@ -27,13 +26,7 @@ class FlashFaceSampler(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The prompt: what the picture shows. Age words help ('a 20 year old woman')."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt; the reference faces are also read with it."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise: Empty Latent Image, or an encoded photo."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="The random seed for the noise."),
-                io.Int.Input("steps", default=35, min=1, max=10000, tooltip="Sampling steps (official: 35)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
-                               tooltip="The sampler; 'euler' with the 'trailing' schedule is the official DDIM."),
-                io.Combo.Input("scheduler", options=SCHEDULERS, default=TRAILING,
-                               tooltip="The noise schedule; 'trailing' is the official one."),
+                *widgets.sampling(),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Below 1 keeps part of the input latent (img2img)."),
                 widgets.strength("strength", 1.2, "Reference feature strength once reference guidance runs "

@@ -15,6 +15,7 @@ def shipped_definitions() -> dict:
     from comfyui_flashface.flashface_core.tools import workflow_api
     from comfyui_flashface.nodes import (ApplyFlashFace, FlashFaceEncodeReferenceFaces, FlashFaceGuider,
                                          FlashFaceSampler, FlashFaceScheduler, LoadFlashFace)
+    from comfyui_flashface.nodes.detail import FlashFaceCropFaces, FlashFaceFaceDetail, FlashFaceStitchFaces
     from comfyui_flashface.nodes.identity import FlashFaceLoadIdentity, FlashFaceSaveIdentity
     from comfyui_flashface.nodes.people import FlashFacePerson
 
@@ -24,7 +25,8 @@ def shipped_definitions() -> dict:
              **nodes_mask.NODE_DISPLAY_NAME_MAPPINGS}
     definitions = {name: workflow_api.node_def(name, cls.INPUT_TYPES(), names.get(name)) for name, cls in classes.items()}
     for cls in (LoadFlashFace, FlashFaceEncodeReferenceFaces, ApplyFlashFace, FlashFaceSampler, FlashFaceGuider,
-                FlashFaceScheduler, FlashFacePerson, FlashFaceSaveIdentity, FlashFaceLoadIdentity):
+                FlashFaceScheduler, FlashFacePerson, FlashFaceSaveIdentity, FlashFaceLoadIdentity, FlashFaceCropFaces,
+                FlashFaceStitchFaces, FlashFaceFaceDetail):
         schema = cls.GET_SCHEMA()
         definitions[schema.node_id] = workflow_api.node_def(schema.node_id, cls.INPUT_TYPES(), schema.display_name)
     return definitions

@@ -97,3 +97,16 @@ def all_off(**levers):
     from comfyui_flashface.flashface_core.contract import SpeedSettings
 
     return SpeedSettings(**{"cache_reference_pass": False, "share_encoder": False, "merged_attention": False, **levers})
+
+
+def tiny_vae(seed=0, dtype=None):
+    """A real comfy.sd.VAE with the SD1.5 layout at 32 base channels, randomly initialised from ``seed``."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    generator = torch.Generator().manual_seed(seed)
+    shapes = AutoencoderKL(ddconfig=ddconfig, embed_dim=4).state_dict()
+    state = {key: torch.randn(value.shape, generator=generator) * 0.05 for key, value in shapes.items()}
+    return comfy.sd.VAE(sd=state, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}}, dtype=dtype)

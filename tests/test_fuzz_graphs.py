@@ -18,7 +18,7 @@ from comfyui_flashface.flashface_core.tools import run_options, workflow_api
 from comfyui_flashface.flashface_core.tools.run_graph import RunError, read_graph, to_prompt
 from comfyui_flashface.flashface_core.tools.run_photos import Folders, RunInputs, check_graph_images
 from comfyui_flashface.flashface_core.tools.run_workflow import workflow_that_ran
-from comfyui_flashface.flashface_core.tools.runner import _new_ids
+from comfyui_flashface.flashface_core.tools.runner import _new_ids, photos_given
 
 pytestmark = pytest.mark.host
 SEED = 16
@@ -86,7 +86,7 @@ def run_case(source: dict, rng: random.Random, folder: Path, definitions) -> str
         run_options.set_text(prompt, "positive", "a man")
         references = run_options.reference_load_images(prompt, definitions)
         others = run_options.other_load_images(prompt, definitions)
-        given = {i for i, n in prompt.items() if n["inputs"].get("image") in inputs.photos}
+        given = photos_given(prompt, inputs)
         folders = Folders(input=folder / "input", output=folder / "output", temp=folder / "temp")
         try:
             check_graph_images(prompt, folders, given, references, others)

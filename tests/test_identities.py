@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from model_helpers import tiny_vae
 
 from comfyui_flashface.flashface_core.faces.choices import Detector
 from comfyui_flashface.flashface_core.identities import files, names
@@ -19,19 +20,6 @@ from comfyui_flashface.flashface_core.model.references import FlashFaceReference
 pytestmark = pytest.mark.host
 PRE_CROPPED = Detector.PRE_CROPPED
 IDENTITIES = "flashface_identities"
-
-
-def tiny_vae(seed=0, dtype=None):
-    """A real comfy.sd.VAE with the SD1.5 layout at 32 base channels, randomly initialised from ``seed``."""
-    import comfy.sd
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
-                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
-    generator = torch.Generator().manual_seed(seed)
-    shapes = AutoencoderKL(ddconfig=ddconfig, embed_dim=4).state_dict()
-    state = {key: torch.randn(value.shape, generator=generator) * 0.05 for key, value in shapes.items()}
-    return comfy.sd.VAE(sd=state, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}}, dtype=dtype)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ LAYERS = {
     "flashface_core.identities": 4,  # saved identities: names, the file format, save and load
     "flashface_core.guidance": 5,
     "flashface_core.loader": 6,
+    "flashface_core.detail": 6,  # the face detail pass: crop, match to people, stitch
     "flashface_core.tools": 7,
     "flashface_core": 8,  # the package docstring and the commands
     "nodes": 9,

@@ -242,3 +242,32 @@ def test_runner_places_each_persons_photos_and_saves_identities(models, photos, 
     result = runner("--save-identity", "alice", "--ref", str(photos[1]), *common)
     assert result.returncode == 2 and result.stderr.startswith("error: --save-identity: the identity alice exists"), result.stderr
     assert "--overwrite" in result.stderr and saved.read_bytes() == before
+
+
+def test_runner_refines_the_face_of_a_photo_with_the_detail_graph(models, photos, tmp_path):
+    """--photo is the photo whose face the detail graph regenerates (the shipped graph with the offline
+    detector and small crops: the random RetinaFace finds no real face); only the face's square changes."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    graph = json.loads((ROOT / "workflows" / "api" / "flashface_detail_photo.json").read_text())
+    detail = next(node for node in graph.values() if node["class_type"] == "FlashFaceFaceDetail")
+    detail["inputs"].update(detector="centerface (offline)", crop_size=64, feather=8, face_selection="largest")
+    path = tmp_path / "detail.json"
+    path.write_text(json.dumps(graph))
+    half_body = tmp_path / "half_body.png"  # a small face in a larger picture
+    canvas = Image.new("RGB", (320, 400), (128, 128, 128))
+    with Image.open(photos[1]) as face:
+        canvas.paste(face.convert("RGB").resize((80, 96)), (120, 60))
+    canvas.save(half_body)
+    out, inputs = tmp_path / "out", tmp_path / "input"
+    result = runner(str(path), "--ref", str(photos[0]), "--photo", str(half_body), "--steps", "2", "--out", str(out),
+                    "--input-directory", str(inputs), "--extra-model-paths-config", str(models), "--no-custom-nodes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "photo: half_body.png -> node" in result.stderr
+    (png,) = sorted(out.glob("FlashFace_detail*.png"))
+    with Image.open(png) as saved:
+        changed = np.any(np.asarray(saved.convert("RGB")) != np.asarray(canvas), axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert changed.any() and 60 <= rows.mean() <= 160 and 120 <= cols.mean() <= 200  # around the face only
+    assert not changed[250:].any() and not changed[:, :40].any()

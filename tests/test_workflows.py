@@ -35,12 +35,14 @@ SAVED_WORKFLOWS = sorted(SAVED_GRAPHS.glob("*.json"))
 SAVED_RECIPES = {"flashface_from_photos", "flashface_stock_ksampler", "flashface_face_inpaint", "flashface_age_change",
                  "flashface_many_references", "flashface_drawn_to_real", "flashface_sampler_custom_advanced"}
 # Graphs shipped after 0.2.0, with no saved copy of theirs to keep loading.
-NEW_RECIPES = {"flashface_two_people", "flashface_save_identity", "flashface_saved_identity"}
+NEW_RECIPES = {"flashface_two_people", "flashface_save_identity", "flashface_saved_identity", "flashface_detail",
+               "flashface_detail_photo"}
 RECIPES = SAVED_RECIPES | NEW_RECIPES
 IDENTITY_FILE = "person.safetensors"  # what flashface_save_identity writes and flashface_saved_identity loads
 # The model files the guide (models/README.md, python -m flashface_core.download) has users fetch.
 MODEL_FILES = {"LoadFlashFace": catalog.FLASHFACE.filename, "CheckpointLoaderSimple": catalog.SD15.filename}
 TEST_SIZE, TEST_STEPS = 64, 2
+DETAIL_FEATHER, ONE_FACE = 8, "largest"
 # Core ComfyUI 0.3.64 nodes the workflows may use, and the frontend's own note nodes.
 CORE_NODES = {
     "LoadImage", "ImageBatch", "PreviewImage", "SaveImage", "CheckpointLoaderSimple", "CLIPTextEncode",
@@ -87,7 +89,8 @@ def test_graphs_load_the_files_the_model_guide_names(path):
 
 
 def shrink(prompt: dict, seed: int | None = None) -> dict:
-    """The graph at TEST_SIZE pixels and TEST_STEPS steps, so a CPU runs it in seconds (and another seed)."""
+    """The graph at TEST_SIZE pixels and TEST_STEPS steps, so a CPU runs it in seconds (and another seed); a
+    detail pass's crops at TEST_SIZE too, one face per image (the random RetinaFace finds hundreds)."""
     prompt = json.loads(json.dumps(prompt))
     for node in prompt.values():
         for name in ("seed", "noise_seed"):
@@ -97,6 +100,8 @@ def shrink(prompt: dict, seed: int | None = None) -> dict:
             node["inputs"].update(width=TEST_SIZE, height=TEST_SIZE)
         if "steps" in node["inputs"]:
             node["inputs"]["steps"] = TEST_STEPS
+        if "crop_size" in node["inputs"]:
+            node["inputs"].update(crop_size=TEST_SIZE, feather=DETAIL_FEATHER, face_selection=ONE_FACE)
     return prompt
 
 
@@ -317,7 +322,8 @@ def test_workflow_loads_in_the_frontend(frontend, comfy_server, recipe, tmp_path
     active = [node for node in workflow["nodes"] if node["mode"] == ACTIVE and node["type"] not in FRONTEND_NODES]
     assert len(prompt) == len(active)
     # Another seed than the server test's, so the sampler runs again rather than coming from ComfyUI's cache.
-    frontend.evaluate(SHRINK.replace("SIZE", str(TEST_SIZE)).replace("STEPS", str(TEST_STEPS)).replace("SEED", "1"))
+    frontend.evaluate(SHRINK.replace("SIZE", str(TEST_SIZE)).replace("STEPS", str(TEST_STEPS)).replace("SEED", "1")
+                      .replace("FEATHER", str(DETAIL_FEATHER)).replace("ONE_FACE", ONE_FACE))
     prompt = graph_to_prompt(frontend)
     assert prompt == shrink(workflow_api.to_api(workflow, definitions), seed=1)
     before = set(comfy_server.output_dir.rglob("*.png"))
@@ -367,6 +373,9 @@ SHRINK = """
       if (node.type === 'EmptyLatentImage' && (widget.name === 'width' || widget.name === 'height')) widget.value = SIZE;
       if (widget.name === 'steps') widget.value = STEPS;
       if (widget.name === 'seed' || widget.name === 'noise_seed') widget.value = SEED;
+      if (widget.name === 'crop_size') widget.value = SIZE;
+      if (widget.name === 'feather') widget.value = FEATHER;
+      if (widget.name === 'face_selection') widget.value = 'ONE_FACE';
     }
   }
   return true;
@@ -385,3 +394,38 @@ def test_face_inpainting_without_a_painted_mask_says_to_paint_it(comfy_server):
     (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
     assert error["node_type"] == "FlashFaceSampler"
     assert "MaskEditor" in error["exception_message"] and "64x64" in error["exception_message"], error
+
+
+@pytest.mark.host
+def test_the_detail_pass_at_denoise_zero_keeps_every_pixel_outside_the_face_masks(comfy_server):
+    """The photo detail graph on the server, with the offline detector (the random RetinaFace finds no real
+    face) and denoise 0: the saved picture is the photo outside the face masks, pixel for pixel, and only the
+    VAE's round trip inside them."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from comfyui_flashface.flashface_core.detail.crop import CropSettings
+    from comfyui_flashface.flashface_core.detail.detail_pass import crop_for_detail
+
+    prompt = shrink(load(ROOT / "workflows" / "api" / "flashface_detail_photo.json"))
+    detail = next(node for node in prompt.values() if node["class_type"] == "FlashFaceFaceDetail")
+    settings = {**detail["inputs"], "denoise": 0.0, "detector": "centerface (offline)", "crop_size": 128, "feather": 16}
+    detail["inputs"].update(settings)
+    (path,) = saved_images(comfy_server, comfy_server.run(prompt, timeout=240))
+    with Image.open(comfy_server.base / "input" / "photo.png") as photo:
+        pixels = np.asarray(photo.convert("RGB")).astype(np.float32) / 255.0  # as Load Image reads it
+    unchanged = np.clip(255.0 * pixels, 0, 255).astype(np.uint8)  # as Save Image writes it
+    with Image.open(path) as saved:
+        result = np.asarray(saved.convert("RGB"))
+    crops = crop_for_detail(torch.from_numpy(pixels)[None], CropSettings(**{name: settings[name] for name in (
+        "detector", "threshold", "face_selection", "face_index", "min_face_size", "context_factor", "crop_size",
+        "mask_grow", "feather", "no_face")})).stitch.crops
+    assert crops, "the offline detector found no face in photo.png"
+    masked = np.zeros(result.shape[:2], dtype=bool)
+    for crop in crops:
+        rows, cols = crop.in_image()
+        masked[rows, cols] |= crop.image_mask().numpy() > 0
+    assert np.array_equal(result[~masked], unchanged[~masked])
+    assert not np.array_equal(result[masked], unchanged[masked])  # the VAE's round trip inside the masks

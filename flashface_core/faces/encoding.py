@@ -38,34 +38,34 @@ DEMO_REFERENCE_COUNT = 4
 _RANGE_TOLERANCE = 1e-3
 
 
-def _check_images(images, name: str):
+def _check_images(images, name: str, what: str):
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError(
-            f"Reference images ({name}) must be a ComfyUI IMAGE batch [N, H, W, C]; got "
+            f"{what} ({name}) must be a ComfyUI IMAGE batch [N, H, W, C]; got "
             f"{type(images).__name__} {tuple(getattr(images, 'shape', ()))}."
         )
     count, height, width, channels = images.shape
     if count == 0:
-        raise ValueError(f"The reference image batch is empty ({name}): connect at least one photo.")
+        raise ValueError(f"The {what.lower()} batch is empty ({name}): connect at least one photo.")
     if channels not in (1, 3, 4):
         raise ValueError(
-            f"Reference images ({name}) have {channels} channels; expected RGB (3), grayscale (1) or RGBA (4). "
+            f"{what} ({name}) have {channels} channels; expected RGB (3), grayscale (1) or RGBA (4). "
             "Convert them to RGB first."
         )
     if not images.is_floating_point():
         raise ValueError(
-            f"Reference images ({name}) are {images.dtype}, but a ComfyUI IMAGE holds floats in 0..1 "
+            f"{what} ({name}) are {images.dtype}, but a ComfyUI IMAGE holds floats in 0..1 "
             "(e.g. 8- or 16-bit values divided by 255 or 65535). Load them with LoadImage."
         )
     if min(height, width) < MIN_IMAGE_SIZE:
         raise ValueError(
-            f"Reference images ({name}) are {width}x{height} pixels; at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
+            f"{what} ({name}) are {width}x{height} pixels; at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
             "is needed to find and crop a face. Use larger photos."
         )
     low, high = (float(v) for v in torch.aminmax(images.detach()))
     if not (math.isfinite(low) and math.isfinite(high)) or low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
         raise ValueError(
-            f"Reference image values ({name}) run from {low:g} to {high:g}; a ComfyUI IMAGE holds 0..1 "
+            f"{what[:-1]} values ({name}) run from {low:g} to {high:g}; a ComfyUI IMAGE holds 0..1 "
             "(0..255 or 0..65535 values must be divided by 255 or 65535 first)."
         )
 
@@ -92,13 +92,13 @@ def _to_rgb(image: torch.Tensor) -> np.ndarray:
     return out
 
 
-def images_to_rgb(images, name: str = "images") -> list[np.ndarray]:
+def images_to_rgb(images, name: str = "images", what: str = "Reference images") -> list[np.ndarray]:
     """ComfyUI IMAGE [N, H, W, C] floats in 0..1 to uint8 RGB arrays, with clear errors.
 
     One channel (grayscale) is repeated to RGB and a fourth (alpha) is dropped, as
     LoadImage does.
     """
-    _check_images(images, name)
+    _check_images(images, name, what)
     return [_to_rgb(image) for image in images]
 
 

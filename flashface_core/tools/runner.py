@@ -48,9 +48,10 @@ How the options land in the graph, always the same way:
   --seed      every seed and noise_seed input; --steps: every steps input (samplers and
               schedulers); --width / --height: every Empty Latent Image node's size.
               Left out: the graph's values.
-  --photo     the one other Load Image node: the photo whose face is regenerated in the
-              face-inpainting graph, a PNG whose transparent pixels cover the face (Load
-              Image takes the mask from the alpha channel, as the MaskEditor paints it).
+  --photo     the one other Load Image node: the photo whose faces the detail_photo graph
+              refines (any photo), or whose face is regenerated in the face-inpainting
+              graph, a PNG whose transparent pixels cover the face (Load Image takes the
+              mask from the alpha channel, as the MaskEditor paints it).
 
 Exit status: 0 when every output was written; 2 for bad arguments, a file that is not a photo
 or not a graph, a model file that is missing (with what to download) or a graph ComfyUI
@@ -196,6 +197,12 @@ def _new_ids(prompt: dict, workflow: dict | None) -> itertools.count:
     return itertools.count(max(ids, default=0) + 1)
 
 
+def photos_given(prompt: dict, inputs: RunInputs) -> set[str]:
+    """The Load Image nodes that read a photo this run copied in (--ref, --person-ref, --photo)."""
+    return {i for i, n in prompt.items() if n["class_type"] == run_options.LOAD_IMAGE
+            and isinstance(n["inputs"].get("image"), str) and n["inputs"]["image"] in inputs.photos}
+
+
 def map_options(args, prompt: dict, definitions, photos: list[Path], photo: Path | None, inputs: RunInputs,
                 new_ids) -> tuple[list[str], set[str]]:
     """Put the options into the prompt; return the log lines and the Load Image nodes given a photo."""
@@ -212,8 +219,7 @@ def map_options(args, prompt: dict, definitions, photos: list[Path], photo: Path
         names = [inputs.name(f"person{number}_ref", i + 1, p) for i, p in enumerate(person_photos)]
         plan += [f"person {number} {line}" for line in
                  place_references(prompt, definitions, names, new_ids, person_encoders(prompt, number, option), option)]
-    given = {i for i, n in prompt.items() if n["class_type"] == run_options.LOAD_IMAGE
-             and isinstance(n["inputs"].get("image"), str) and n["inputs"]["image"] in inputs.photos}
+    given = photos_given(prompt, inputs)
     if photo is not None:
         others = run_options.other_load_images(prompt, definitions)
         if len(others) != 1:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 WORKFLOWS_DIR = PACK_ROOT / "workflows"
 README_IMAGES_DIR = PACK_ROOT / "docs" / "images"
-README_GRAPHS = ("flashface_from_photos",)
+README_GRAPHS = ("flashface_from_photos", "flashface_detail")
 THUMBNAIL_SUFFIX = ".jpg"  # the frontend asks for <name>.jpg for every custom node template
 THUMBNAIL_BOX, THUMBNAIL_QUALITY = (1024, 640), 80
 README_WIDTH, README_COLORS = 1600, 256

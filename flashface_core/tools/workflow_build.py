@@ -167,18 +167,34 @@ def _references(graph: Graph, checkpoint: int, photos: list[str], encoder_values
     return encoder
 
 
-def _decode_and_save(graph: Graph, latent_node: int, checkpoint: int, prefix: str, x=1750):
+def _decode(graph: Graph, latent_node: int, checkpoint: int, x=1750) -> int:
     decode = graph.add("VAEDecode", (x, 0), (200, 50))
     graph.link(latent_node, 0, decode, "samples")
     graph.link(checkpoint, 2, decode, "vae")
+    return decode
+
+
+def _masked_latent(graph: Graph, checkpoint: int, pixels: tuple[int, int], mask: tuple[int, int], pos) -> int:
+    """VAE Encode of the ``pixels`` output (node, slot) with the ``mask`` output as its noise mask."""
+    encode = graph.add("VAEEncode", pos, (200, 50))
+    graph.link(*pixels, encode, "pixels")
+    graph.link(checkpoint, 2, encode, "vae")
+    masked = graph.add("SetLatentNoiseMask", (pos[0], pos[1] + 90), (200, 50))
+    graph.link(encode, 0, masked, "samples")
+    graph.link(*mask, masked, "mask")
+    return masked
+
+
+def _decode_and_save(graph: Graph, latent_node: int, checkpoint: int, prefix: str, x=1750):
+    decode = _decode(graph, latent_node, checkpoint, x)
     save = graph.add("SaveImage", (x, 100), (500, 560), {"filename_prefix": prefix})
     graph.link(decode, 0, save, "images")
     return decode
 
 
-def _sampler(graph: Graph, flashface, references, positive, negative, latent, values, x=1300):
-    sampler = graph.add("FlashFaceSampler", (x, 0), (380, 620), {**OFFICIAL, **values})
-    for node, output, name in ((flashface, 0, "model"), (references, 0, "references"), (positive, 0, "positive"),
+def _sampler(graph: Graph, flashface, references, positive, negative, latent, values, x=1300, title=None, references_output=0):
+    sampler = graph.add("FlashFaceSampler", (x, 0), (380, 620), {**OFFICIAL, **values}, title=title)
+    for node, output, name in ((flashface, 0, "model"), (references, references_output, "references"), (positive, 0, "positive"),
                                (negative, 0, "negative"), (latent, 0, "latent_image")):
         graph.link(node, output, sampler, name)
     return sampler
@@ -237,17 +253,10 @@ def face_inpaint(graph: Graph):
     positive, negative = _prompts(graph, checkpoint, f"photo of a man, detailed face, natural skin, {SUFFIX}")
     photo = graph.add("LoadImage", (800, 800), (400, 420), {"image": "photo.png"},
                       title="Photo to change (paint the face in the MaskEditor)")
-    encode = graph.add("VAEEncode", (800, 1260), (200, 50))
-    graph.link(photo, 0, encode, "pixels")
-    graph.link(checkpoint, 2, encode, "vae")
-    masked = graph.add("SetLatentNoiseMask", (800, 1350), (200, 50))
-    graph.link(encode, 0, masked, "samples")
-    graph.link(photo, 1, masked, "mask")
+    masked = _masked_latent(graph, checkpoint, (photo, 0), (photo, 1), (800, 1260))
     sampler = _sampler(graph, flashface, references, positive, negative, masked, {"denoise": 0.8, **NO_BOX})
     graph.link(photo, 1, sampler, "face_mask")
-    decode = graph.add("VAEDecode", (1750, 0), (200, 50))
-    graph.link(sampler, 0, decode, "samples")
-    graph.link(checkpoint, 2, decode, "vae")
+    decode = _decode(graph, sampler, checkpoint)
     composite = graph.add("ImageCompositeMasked", (1750, 100), (320, 150), {"x": 0, "y": 0, "resize_source": False},
                           title="Keep the photo outside the mask")
     graph.link(photo, 0, composite, "destination")
@@ -439,6 +448,84 @@ def saved_identity(graph: Graph):
           "references as an Encode node's.", LIKENESS_NOTE, LAUNCH_NOTE)
 
 
+# The detail pass: FlashFace Crop Faces' settings (its defaults) and the detail sampler's.
+CROP = {"detector": Detector.RETINAFACE.value, "threshold": 0.6, "face_selection": "all above min_face_size", "face_index": 0,
+        "min_face_size": 32, "context_factor": 3.0, "crop_size": 768, "mask_grow": 1.5, "feather": 64,
+        "no_face": "keep the image"}
+DETAIL_DENOISE = 0.45
+HALF_BODY_FACE = {"face_x1": 0.4, "face_y1": 0.1, "face_x2": 0.6, "face_y2": 0.25}  # a small face, as half-body pictures hold it
+DETAIL_PROMPT = f"close-up photo of a man's face, detailed skin, sharp eyes, {SUFFIX}"
+DETAIL_NOTE = (
+    "Face detail pass: FlashFace makes faces at its own scale (about a third of a 768 px picture); in half-body, "
+    "full-body and group pictures small faces come out blurred and less alike. FlashFace Crop Faces finds each face "
+    "(faces of at least min_face_size pixels), cuts a square of context_factor x the face around it (3: the face is a "
+    "third of the crop, where FlashFace puts faces; larger keeps more hair and shoulders), enlarges it to crop_size "
+    "(768), and gives a feathered mask (the face box grown by mask_grow, a soft edge of feather pixels). The crops "
+    "are sampled again with the same references at denoise 0.45 (0.35 to 0.5: sharper and closer to the "
+    "references, same pose and expression; higher redraws more) under that mask as noise mask, and FlashFace Stitch "
+    "Faces puts them back: pixels outside the mask stay exactly as they were. The crop node's references output "
+    "holds each crop's face position, so the detail sampler's face box stays at 0. Use it when the face is small in "
+    "the picture (under about a quarter of its side); a face that is already large gains little. With several "
+    "people, connect the people chain to the crop node: each face gets the references of the person whose region "
+    "holds it."
+)
+
+
+def detail(graph: Graph):
+    checkpoint, flashface = _models(graph)
+    references = _references(graph, checkpoint, ["face_1.png", "face_2.png", "face_3.png"])
+    positive, negative = _prompts(graph, checkpoint, f"Half-body photo of a handsome young man with long brown hair, in a "
+                                                     f"denim jacket, standing in a city street, daylight, {SUFFIX}")
+    latent = graph.add("EmptyLatentImage", (800, 800), (320, 110), {"width": 768, "height": 1024, "batch_size": 1})
+    sampler = _sampler(graph, flashface, references, positive, negative, latent, HALF_BODY_FACE)
+    decode = _decode(graph, sampler, checkpoint)
+    preview = graph.add("PreviewImage", (1750, 100), (400, 500), title="Before the detail pass")
+    graph.link(decode, 0, preview, "images")
+    crop = graph.add("FlashFaceCropFaces", (2200, 0), (380, 400), CROP)
+    graph.link(decode, 0, crop, "image")
+    graph.link(references, 0, crop, "references")
+    face_prompt = graph.add("CLIPTextEncode", (2200, 450), (400, 160), {"text": DETAIL_PROMPT}, title="Face prompt")
+    graph.link(checkpoint, 1, face_prompt, "clip")
+    masked = _masked_latent(graph, checkpoint, (crop, 0), (crop, 3), (2200, 660))
+    again = _sampler(graph, flashface, crop, face_prompt, negative, masked, {"denoise": DETAIL_DENOISE, **NO_BOX}, x=2650,
+                     title="FlashFace Sampler (the faces)", references_output=1)
+    decode_faces = _decode(graph, again, checkpoint, x=3100)
+    stitch = graph.add("FlashFaceStitchFaces", (3100, 100), (300, 80))
+    graph.link(decode, 0, stitch, "image")
+    graph.link(decode_faces, 0, stitch, "crops")
+    graph.link(crop, 4, stitch, "stitch")
+    save = graph.add("SaveImage", (3100, 250), (450, 600), {"filename_prefix": "FlashFace_detail"})
+    graph.link(stitch, 0, save, "images")
+    _note(graph, (2650, 680), (420, 600), MODELS_NOTE, DETAIL_NOTE,
+          "The first sampler's face box (face_x1..y2) puts the face small and high, as in a half-body picture. "
+          + LAUNCH_NOTE)
+
+
+def detail_photo(graph: Graph):
+    checkpoint, flashface = _models(graph)
+    references = _references(graph, checkpoint, ["face_1.png", "face_2.png"])
+    positive, negative = _prompts(graph, checkpoint, DETAIL_PROMPT)
+    photo = graph.add("LoadImage", (800, 800), (400, 420), {"image": "photo.png"}, title="Photo whose face to refine")
+    detail_node = graph.add("FlashFaceFaceDetail", (1300, 0), (380, 900),
+                            {**{k: OFFICIAL[k] for k in ("seed", "steps", "sampler_name", "scheduler", "strength",
+                                                         "text_guidance", "reference_guidance", "reference_start",
+                                                         "early_strength", "cfg_rescale")},
+                             "denoise": DETAIL_DENOISE, **CROP})
+    for node, output, name in ((flashface, 0, "model"), (references, 0, "references"), (positive, 0, "positive"),
+                               (negative, 0, "negative"), (checkpoint, 2, "vae"), (photo, 0, "image")):
+        graph.link(node, output, detail_node, name)
+    save = graph.add("SaveImage", (1750, 0), (500, 560), {"filename_prefix": "FlashFace_detail"})
+    graph.link(detail_node, 0, save, "images")
+    preview = graph.add("PreviewImage", (1750, 620), (400, 400), title="Regenerated face crops")
+    graph.link(detail_node, 1, preview, "images")
+    _note(graph, (1300, 950), (420, 560), MODELS_NOTE,
+          "Refining the face of an existing photo (or any picture) with FlashFace Face Detail: Crop Faces, the "
+          "FlashFace Sampler on the crops and Stitch Faces in one node, the same image as those nodes give with the "
+          "same seed (the flashface_detail graph shows them one by one). Each face is cut with context, regenerated "
+          "at FlashFace's scale with the references and pasted back through a feathered mask. " + DETAIL_NOTE,
+          "There is no face box to set: each crop's face position comes from the detector. " + LAUNCH_NOTE)
+
+
 GRAPHS = {
     "flashface_from_photos": from_photos,
     "flashface_stock_ksampler": stock_ksampler,
@@ -450,6 +537,8 @@ GRAPHS = {
     "flashface_two_people": two_people,
     "flashface_save_identity": save_identity,
     "flashface_saved_identity": saved_identity,
+    "flashface_detail": detail,
+    "flashface_detail_photo": detail_photo,
 }
 
 
