@@ -1,11 +1,12 @@
 """The detail nodes' menus, as enums whose values are the labels saved graphs hold (they never change)."""
 
 from ..contract import MenuChoice
+from ..faces.choices import FaceChoice
 
 
 class FaceSelection(MenuChoice):
-    LARGEST = "largest"
-    BY_INDEX = "by index (left to right)"
+    LARGEST = FaceChoice.LARGEST.value  # these two as the reference encoder's face_choice
+    BY_INDEX = FaceChoice.BY_INDEX.value
     ALL = "all"
     ALL_ABOVE_SIZE = "all above min_face_size"
 

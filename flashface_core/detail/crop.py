@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ..faces import detection
 from ..faces.choices import Detector
-from ..faces.encoding import detect_faces, images_to_rgb
+from ..faces.encoding import choose_face, detect_faces, images_to_rgb
+from ..model.face_position import LATENT_STRIDE
 from .choices import FaceSelection, NoFaceFound
 from .geometry import FaceCrop
 from .resample import resize
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from ..people.person import FlashFacePeople
 
 logger = logging.getLogger(__name__)
-
-LATENT_STRIDE = 8
 
 
 @dataclass(frozen=True)
@@ -91,16 +90,11 @@ class DetailCrops:
 
 
 def _chosen(faces, settings: CropSettings, label: str):
+    """The faces to regenerate, left to right; largest and by index as the reference encoder chooses."""
     if not faces:
         return []
-    if settings.face_selection == FaceSelection.LARGEST:
-        return [max(faces, key=lambda face: face.area)]
-    if settings.face_selection == FaceSelection.BY_INDEX:
-        ordered = sorted(faces, key=lambda face: face.centre_x)
-        if settings.face_index >= len(ordered):
-            raise ValueError(f"{label} holds {len(ordered)} face(s), so there is no face index {settings.face_index} "
-                             "(counting from 0, left to right). Lower face_index, or choose 'largest' or 'all'.")
-        return [ordered[settings.face_index]]
+    if settings.face_selection in (FaceSelection.LARGEST, FaceSelection.BY_INDEX):
+        return [choose_face(faces, settings.face_selection, settings.face_index, label)]
     ordered = sorted(faces, key=lambda face: face.centre_x)
     if settings.face_selection == FaceSelection.ALL:
         return ordered

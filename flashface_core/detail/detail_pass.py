@@ -13,7 +13,7 @@ import torch
 
 from ..contract import GuidanceSettings
 from ..guidance.sampling import sample
-from ..injection.apply import apply_flashface, require_flashface_model, text_embedding
+from ..injection.apply import apply_flashface, people_of, require_flashface_model, text_embedding
 from . import people as detail_people
 from .crop import CropSettings, DetailCrops, cut_crops, find_faces
 from .stitch import stitch
@@ -25,7 +25,7 @@ def crop_for_detail(images: torch.Tensor, settings: CropSettings, references=Non
     """Find and choose the faces of ``images``, match them to ``references``' people (when given) and
     cut them out. Faces in no person's region are left out (logged)."""
     settings.check()
-    people = detail_people.people_of(references) if references is not None else None
+    people = people_of(references, None, None, "FlashFace Crop Faces") if references is not None else None
     crops = find_faces(images, settings)
     owners = None
     if people is not None and crops:
@@ -46,7 +46,7 @@ def face_detail(model, references, positive, negative, vae, images: torch.Tensor
                 settings: CropSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """The stitched images and the regenerated crops."""
     require_flashface_model(model, "FlashFace Face Detail")
-    detail_people.people_of(references)  # these messages before any detector loads
+    people_of(references, None, None, "FlashFace Face Detail")  # these messages before any detector loads
     text_embedding(model, negative, "negative")
     detail = crop_for_detail(images, settings, references)
     if not detail.stitch.crops:

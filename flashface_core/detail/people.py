@@ -10,23 +10,10 @@ only its own person's references, all in one sampler call.
 
 import torch
 
-from ..model.face_position import FacePosition
-from ..model.references import FlashFaceReferences
-from ..people.person import FlashFacePeople, Person, one_person
+from ..model.face_position import LATENT_STRIDE, FacePosition
+from ..people.person import FlashFacePeople, Person
 from ..people.regions import Region, region_weights
 from .geometry import FaceCrop
-
-LATENT_STRIDE = 8
-
-
-def people_of(references) -> tuple[Person, ...]:
-    """The people a detail pass reads: plain references are one person."""
-    if isinstance(references, FlashFacePeople):
-        return references.people
-    if isinstance(references, FlashFaceReferences):
-        return one_person(references, None)
-    raise ValueError("The references input takes the references output of FlashFace Encode Reference Faces or Load "
-                     "Identity, or the people output of FlashFace Person (each face then gets its own person's faces).")
 
 
 def _cells(start: float, end: float, total: int, cells: int) -> slice:

@@ -40,13 +40,12 @@ def stitch(images: torch.Tensor, regenerated: torch.Tensor, data: DetailStitch) 
     if not data.crops:
         return images
     out = images.clone()
-    channels = min(3, images.shape[-1])
     for crop, pixels in zip(data.crops, regenerated):
         back = resize(pixels[..., :3], crop.side, crop.side).to(images.device)
         rows, cols = crop.in_image()
         inside = back[rows.start - crop.top:rows.stop - crop.top, cols.start - crop.left:cols.stop - crop.left]
         mask = crop.image_mask().to(images.device)[..., None]
-        target = out[crop.image_index, rows, cols, :channels]
-        blended = torch.lerp(target.float(), inside[..., :channels], mask).to(out.dtype)
-        out[crop.image_index, rows, cols, :channels] = torch.where(mask > 0, blended, target)
+        target = out[crop.image_index, rows, cols, :3]
+        blended = torch.lerp(target.float(), inside, mask).to(out.dtype)
+        out[crop.image_index, rows, cols, :3] = torch.where(mask > 0, blended, target)
     return out
