@@ -1,7 +1,8 @@
 """Time a FlashFace step against the plain SD1.5 step, each speed lever off and on, in one run.
 
     python bench/speed.py [--size 512] [--batch 1] [--refs 4] [--repeats 3] [--steps 2] [--dtype fp16]
-                          [--attention pytorch] [--each-lever] [--official PATH_TO_A_CHECKOUT_OF_ali-vilab/FlashFace]
+                          [--attention pytorch] [--each-lever] [--compile inductor]
+                          [--official PATH_TO_A_CHECKOUT_OF_ali-vilab/FlashFace]
 
 Builds the real SD1.5-sized FlashFace architecture with random weights (nothing is
 downloaded) and, under ``torch.inference_mode()`` as ComfyUI's executor runs nodes, times on
@@ -10,11 +11,17 @@ the two- and three-evaluation FlashFace steps with every lever off (``*_base``) 
 (a first run: the reference pass computed), the same steps of a repeat run (reference pass
 cached), the three-evaluation step with two people (two random reference sets, left and right
 regions and face boxes; a first run and a repeat run) beside the second person's reference
-pass, and whole short sampling runs through the FlashFace sampler (levers off, a first run, a
-repeat run). Variants are interleaved round by round and each figure is the median
+pass, and whole short sampling runs through the FlashFace sampler (levers off, a first run
+with and without the prefetched reference pass, a repeat run; the JSON gives each run per step).
+Variants are interleaved round by round and each figure is the median
 of its rounds after a warm-up (wall clock; the JSON also has the process CPU time). Prints a table, then one
 JSON line with every figure, its ratio to the plain CFG step, the attention ComfyUI chose
-and each variant's peak memory.
+and each variant's peak memory (on CUDA, the allocator's peak above the loaded models).
+
+With ``--compile BACKEND`` the plain CFG step, the FlashFace steps and the runs are also
+timed on MODELs compiled by ComfyUI's own ``TorchCompileModel`` code (``inductor`` or
+``cudagraphs``); their first calls compile, are timed apart (``compile_s``) and are not in
+the medians.
 
 With ``--official DIR`` the weights are the official U-Net's (random, converted with the pack's
 checkpoint conversion), and the official U-Net's two- and three-condition steps are timed in
@@ -51,21 +58,23 @@ def sd15_unet_config(model_channels: int = 320) -> dict:
 
 
 class PeakMemory:
-    """Peak memory above the start of a block: CUDA's allocator counter, else the process RSS sampled every 5 ms."""
+    """Peak memory above the start of a block (``absolute``: in all): CUDA's allocator counter,
+    else the process RSS sampled every 5 ms."""
 
-    def __init__(self, device):
+    def __init__(self, device, absolute: bool = False):
         import psutil
         import torch
 
-        self.torch, self.device, self.process = torch, device, psutil.Process()
+        self.torch, self.device, self.process, self.absolute = torch, device, psutil.Process(), absolute
 
     def __enter__(self):
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
             self.torch.cuda.reset_peak_memory_stats()
-            self.start = self.torch.cuda.memory_allocated()
+            self.start = 0 if self.absolute else self.torch.cuda.memory_allocated()
         else:
-            self.start = self.peak = self.process.memory_info().rss
+            self.peak = self.process.memory_info().rss
+            self.start = 0 if self.absolute else self.peak
             self.running = True
             self.thread = threading.Thread(target=self._sample, daemon=True)
             self.thread.start()
@@ -136,11 +145,15 @@ def main(argv=None) -> int:
     parser.add_argument("--attention", choices=("default", "pytorch"), default="default",
                         help="default: ComfyUI's choice for the device (sub-quadratic on the CPU); pytorch: what "
                              "ComfyUI runs with --use-pytorch-cross-attention (its default on NVIDIA GPUs)")
+    parser.add_argument("--compile", choices=("inductor", "cudagraphs"), default=None,
+                        help="also time MODELs compiled as ComfyUI's TorchCompileModel node compiles them")
     parser.add_argument("--official", type=Path, metavar="DIR",
                         help="a checkout of https://github.com/ali-vilab/FlashFace: also time its U-Net on the same weights")
     args = parser.parse_args(argv)
     if args.flops and args.attention == "pytorch":
         parser.error("--flops counts with the default attention: torch's counter does not see the fused kernels --attention pytorch uses")
+    if args.flops and args.compile:
+        parser.error("--flops counts the uncompiled steps: a compiled step runs the same products")
     if args.official:
         from official import check_checkout
 
@@ -218,7 +231,8 @@ def main(argv=None) -> int:
     people_extra = {contract.REGIONS_KEY: regions, contract.FACE_MASK_KEY: face_positions}
     cache = wrappers.reference_cache(flashface)
 
-    ALL_OFF = contract.SpeedSettings(cache_reference_pass=False, share_encoder=False, merged_attention=False)
+    ALL_OFF = contract.SpeedSettings(cache_reference_pass=False, share_encoder=False, merged_attention=False,
+                                     prefetch_reference_pass=False)
     guidance = contract.GuidanceSettings(text_guidance=TEXT_GUIDANCE, reference_guidance=REFERENCE_GUIDANCE,
                                          reference_start=REFERENCE_GUIDANCE_START, early_strength=0.85, cfg_rescale=0.0)
 
@@ -274,7 +288,28 @@ def main(argv=None) -> int:
         official = OfficialStep(official_unet, model.process_latent_in(references.model_latents()), negative, mask, args.batch, autocast)
         steps["official_ff2_s"] = lambda: official(x, [positive, negative], 0.85, 900)
         steps["official_ff3_s"] = lambda: official(x, [positive, positive, negative], 1.2, 500)
-    runs = {"run_base_s": run(base, False), "run_s": run(repeat, True), "run_cached_s": run(repeat, False)} if args.steps else {}
+    no_prefetch = levers(contract.SpeedSettings(prefetch_reference_pass=False))
+    runs = {"run_base_s": run(base, False), "run_no_prefetch_s": run(no_prefetch, True), "run_s": run(repeat, True),
+            "run_cached_s": run(repeat, False)} if args.steps else {}
+    compile_seconds = {}
+    if args.compile:
+        from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+        def compiled(patcher):
+            patched = patcher.clone()
+            set_torch_compile_wrapper(model=patched, backend=args.compile)  # what TorchCompileModel does
+            return patched
+
+        plain_compiled, first_compiled, repeat_compiled = compiled(plain), compiled(first), compiled(repeat)
+        compiled_steps = {
+            "plain_cfg_compiled_s": step(plain_compiled, [positive, negative], [0.0, 0.0], 500),
+            "ff2_compiled_s": step(first_compiled, *two), "ff3_compiled_s": step(first_compiled, *three),
+            "ff2_cached_compiled_s": step(repeat_compiled, *two), "ff3_cached_compiled_s": step(repeat_compiled, *three),
+        }
+        steps.update(compiled_steps)
+        if args.steps:
+            runs["run_compiled_s"] = run(repeat_compiled, True)
+            runs["run_cached_compiled_s"] = run(repeat_compiled, False)
     labels = {
         "plain_eval_s": "plain SD1.5 evaluation (1 condition)", "plain_cfg_s": "plain SD1.5 CFG step (2 conditions)",
         "ref_pass_s": "reference pass alone", "ff2_base_s": "FlashFace 2-evaluation step, levers off",
@@ -284,8 +319,16 @@ def main(argv=None) -> int:
         "ref_pass_second_s": "second person's reference pass alone", "ff3_two_people_s": "two people, 3-evaluation step, levers on",
         "ff3_two_people_cached_s": "two people, 3-evaluation step, repeat run",
         "official_ff2_s": "official FlashFace U-Net, 2-condition step", "official_ff3_s": "official FlashFace U-Net, 3-condition step",
-        "run_base_s": f"{args.steps}-step FlashFace run, levers off", "run_s": f"{args.steps}-step FlashFace run, first run",
-        "run_cached_s": f"{args.steps}-step FlashFace run, repeat run",
+        "run_base_s": f"{args.steps}-step FlashFace run, levers off",
+        "run_no_prefetch_s": f"{args.steps}-step FlashFace run, first run, no prefetch",
+        "run_s": f"{args.steps}-step FlashFace run, first run", "run_cached_s": f"{args.steps}-step FlashFace run, repeat run",
+        "plain_cfg_compiled_s": "plain SD1.5 CFG step, compiled",
+        "ff2_compiled_s": "FlashFace 2-evaluation step, levers on, compiled",
+        "ff3_compiled_s": "FlashFace 3-evaluation step, levers on, compiled",
+        "ff2_cached_compiled_s": "FlashFace 2-evaluation step, repeat run, compiled",
+        "ff3_cached_compiled_s": "FlashFace 3-evaluation step, repeat run, compiled",
+        "run_compiled_s": f"{args.steps}-step FlashFace run, first run, compiled",
+        "run_cached_compiled_s": f"{args.steps}-step FlashFace run, repeat run, compiled",
     }
     if args.each_lever:
         for lever in ("share_encoder", "merged_attention"):
@@ -344,6 +387,14 @@ def main(argv=None) -> int:
             steps[name]()
         cache_mb = cache.nbytes / 2**20 / cache.timesteps  # one person's
         steps["ff3_two_people_cached_s"]()
+        # Compiled variants: their first calls compile (timed apart); every shape the rounds see is compiled here.
+        for name in [n for n in variants if "compiled" in n]:
+            sync()
+            start = time.perf_counter()
+            variants[name]()
+            sync()
+            compile_seconds[name] = round(time.perf_counter() - start, 3)
+            print(f"{name} first call (compiles) {compile_seconds[name]:.3f} s", file=sys.stderr, flush=True)
         for group, repeats in ((steps, args.repeats), (runs, args.run_repeats)):
             for _ in range(repeats):  # interleaved: every variant once per round
                 for name in group:
@@ -373,6 +424,16 @@ def main(argv=None) -> int:
     result["two_people_cached_vs_one_ratio"] = round(medians["ff3_two_people_cached_s"] / medians["ff3_cached_s"], 3)
     print(f"two people vs 1.15 x one person + the second reference pass: {result['two_people_bound_ratio']:.3f} (at most 1); "
           f"repeat runs, two people vs one: {result['two_people_cached_vs_one_ratio']:.3f}")
+    if args.steps:
+        # Per step of the runs: what a user's first and repeat runs cost.
+        for name in [n for n in medians if n.startswith("run_")]:
+            result[name[:-2] + "_step_ratio"] = round(medians[name] / args.steps / baseline, 3)
+        result["prefetch_vs_no_prefetch_ratio"] = round(medians["run_s"] / medians["run_no_prefetch_s"], 3)
+        print(f"first run with the prefetched reference pass vs without: {result['prefetch_vs_no_prefetch_ratio']:.3f}")
+    if compile_seconds:
+        result["compile_s"] = compile_seconds
+        result["compile_backend"] = args.compile
+        result["ff3_compiled_vs_plain_cfg_compiled_ratio"] = round(medians["ff3_compiled_s"] / medians["plain_cfg_compiled_s"], 3)
     if agreement:
         result["official_relative_difference"] = {k: float(f"{v:.3g}") for k, v in agreement.items()}
         result["official_attention"] = official_attention(device)

@@ -22,7 +22,7 @@ SETTINGS_KEY = "flashface"  # FlashFaceSettings, set by ApplyFlashFace
 SPEED_KEY = "flashface_speed"  # SpeedSettings
 STRENGTHS_KEY = "flashface_strengths"  # {condition index: reference strength}, per calc_cond_batch call
 CACHE_KEY = "flashface_reference_cache"  # the ReferenceCache the MODEL's clones share
-RUN_STATE_KEY = "flashface_run_cache"  # the running sample's last reference pass
+RUN_STATE_KEY = "flashface_run_cache"  # the running sample's reference features (injection/run_references.py)
 INJECTION_STATE_KEY = "flashface_state"  # what one U-Net call's attention patches read
 ATTENTION_INPUT_KEY = "flashface_y"  # y = norm1(x), from attn1_patch to attn1_output_patch of one block
 # The key of the pack's wrappers (APPLY_MODEL, OUTER_SAMPLE, DIFFUSION_MODEL).
@@ -96,7 +96,7 @@ class GuidanceSettings:
 
 @dataclass(frozen=True)
 class SpeedSettings:
-    """The three speed levers, each exact up to float rounding; turn one off to compare or debug.
+    """The speed levers, each exact up to float rounding; turn one off to compare or debug.
 
     - ``cache_reference_pass``: keep the reference pass's features per timestep with the
       MODEL, across runs, for the same references, negative prompt, weights, dtype and device
@@ -105,11 +105,15 @@ class SpeedSettings:
       and positive-with-references rows) run the encoder once.
     - ``merged_attention``: a row's two reference attentions come from one attention over
       its own tokens and one over the references, merged by their log-sum-exp.
+    - ``prefetch_reference_pass``: a run's reference pass runs for several timesteps of its
+      schedule in one batched call, as many as ComfyUI's memory estimate of the call allows,
+      instead of once per step (``injection/run_references.py``).
     """
 
     cache_reference_pass: bool = True
     share_encoder: bool = True
     merged_attention: bool = True
+    prefetch_reference_pass: bool = True
 
     def __deepcopy__(self, memo):
         return self

@@ -96,7 +96,8 @@ def all_off(**levers):
     """Speed settings with every lever off but the ones named."""
     from comfyui_flashface.flashface_core.contract import SpeedSettings
 
-    return SpeedSettings(**{"cache_reference_pass": False, "share_encoder": False, "merged_attention": False, **levers})
+    return SpeedSettings(**{"cache_reference_pass": False, "share_encoder": False, "merged_attention": False,
+                          "prefetch_reference_pass": False, **levers})
 
 
 def tiny_vae(seed=0, dtype=None):

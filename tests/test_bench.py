@@ -24,9 +24,9 @@ def cache_mb_per_timestep(channels: int, refs: int, element_size: int = 4) -> fl
     return 2 * refs * per_reference * element_size / 2**20
 
 
-def bench(*args: str) -> subprocess.CompletedProcess:
+def bench(*args: str, script: str = "speed.py") -> subprocess.CompletedProcess:
     env = {**os.environ, "COMFYUI_PATH": str(HOST), "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -59,14 +59,18 @@ def test_flop_counts_of_two_people_keep_the_issue_bound():
 
 
 def test_timing_run_reports_every_figure_with_its_ratio():
-    figures = last_json(bench(*SMALL, "--repeats", "1", "--steps", "1"))
-    names = [f"{name}_s" for name in STEPS] + ["run_base_s", "run_s", "run_cached_s"]
+    figures = last_json(bench(*SMALL, "--repeats", "1", "--steps", "2"))
+    runs = ["run_base_s", "run_no_prefetch_s", "run_s", "run_cached_s"]
+    names = [f"{name}_s" for name in STEPS] + runs
     baseline = figures["plain_cfg_s"]
     for name in names:
         assert figures[name] > 0
         assert figures[name[:-2] + "_ratio"] == pytest.approx(figures[name] / baseline, rel=3e-2)  # both rounded in the JSON
         assert name in figures["peak_mb"]
     assert figures["plain_cfg_ratio"] == 1.0
+    for name in runs:  # a run's cost per step, against the plain CFG step
+        assert figures[name[:-2] + "_step_ratio"] == pytest.approx(figures[name] / 2 / baseline, rel=3e-2)
+    assert figures["prefetch_vs_no_prefetch_ratio"] == pytest.approx(figures["run_s"] / figures["run_no_prefetch_s"], rel=3e-2)
     # The issue's bound, as the docs read it: two people against one person plus the second reference pass.
     bound = 1.15 * figures["ff3_s"] + figures["ref_pass_second_s"]
     assert figures["two_people_bound_ratio"] == pytest.approx(figures["ff3_two_people_s"] / bound, rel=3e-2)
@@ -87,3 +91,13 @@ def test_official_needs_a_checkout(tmp_path):
 def test_official_needs_the_sd15_width(tmp_path):
     result = bench("--official", str(tmp_path), "--channels", "32")
     assert result.returncode == 2 and "--official needs --channels 320" in result.stderr
+
+
+def test_vram_run_reports_the_weights_and_the_whole_runs_peak():
+    small = ["--channels", "32", "--size", "64", "--refs", "2"]
+    fp32 = last_json(bench(*small, "--steps", "0", "--dtype", "fp32", script="vram.py"))
+    fp16 = last_json(bench(*small, "--steps", "0", script="vram.py"))
+    assert fp16["weights_mb"] == pytest.approx(fp32["weights_mb"] / 2, abs=1)
+    run = last_json(bench(*small, "--steps", "1", "--lowvram", script="vram.py"))
+    assert run["vram_mode"] == "lowvram" and run["weights_mb"] == fp16["weights_mb"]
+    assert run["peak_mb"] > run["weights_mb"]  # the weights are part of the peak (on the CPU, the whole process)

@@ -87,7 +87,7 @@ def test_one_reference_pass_for_several_people_equals_a_pass_per_person(flashfac
     latents = [reference_pass.reference_latents(model, refs, "cpu", torch.float32) for refs in people]
     timestep, kw = torch.tensor(500.0), dict(device=torch.device("cpu"), dtype=torch.float32)
     with torch.no_grad():
-        joined = reference_pass._people_reference_pass(model, latents, context, timestep, **kw)
+        (joined,) = reference_pass.people_reference_pass_at(model, latents, context, [float(timestep)], **kw)
         for refs, lat, features in zip(people, latents, joined):
             alone = reference_pass.compute_reference_features(model, refs, context, timestep, latents=lat, **kw)
             for name, (k, v) in alone.items():
@@ -162,10 +162,10 @@ def test_a_repeat_run_with_two_people_runs_no_reference_pass(flashface, inputs, 
     people = _people(_person(inputs["references"], LEFT), _person(_other_references(inputs), RIGHT))
     wrappers.reference_cache(flashface).clear()
     calls = []
-    original = reference_pass.compute_reference_features
-    monkeypatch.setattr(reference_pass, "compute_reference_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = reference_pass.reference_pass_at
+    monkeypatch.setattr(reference_pass, "reference_pass_at", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
     first = _sample(flashface, inputs, people)
-    assert len(calls) == 3  # one pass per step, both people's faces in it
+    assert sum(len(timesteps) for timesteps in calls) == 3  # each step's timestep once, both people's faces in each pass
     calls.clear()
     again = _sample(flashface, inputs, people, seed=1)
     assert calls == [] and not torch.equal(first, again)

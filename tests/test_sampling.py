@@ -156,20 +156,20 @@ def test_previews_and_progress_are_reported_every_step(flashface, inputs, monkey
     assert [s[0] for s in steps_seen] == [0, 1, 2] and all(s[1] == 3 and s[2] == LATENT for s in steps_seen)
 
 
-def test_reference_pass_runs_once_per_step(flashface, inputs, monkeypatch):
+def test_reference_pass_runs_once_per_timestep(flashface, inputs, monkeypatch):
     from comfyui_flashface.flashface_core.injection import reference_pass, wrappers
 
     calls = []
-    original = reference_pass.compute_reference_features
+    original = reference_pass.reference_pass_at
 
     def counting(*args, **kwargs):
-        calls.append(1)
+        calls.append(args[3])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(reference_pass, "compute_reference_features", counting)
+    monkeypatch.setattr(reference_pass, "reference_pass_at", counting)
     wrappers.reference_cache(flashface).clear()  # earlier tests' runs would serve these steps
     run_sampler(flashface, inputs, steps=4, latent={"samples": torch.zeros(2, 4, 8, 8)})
-    assert len(calls) == 4
+    assert sorted(t for timesteps in calls for t in timesteps) == [249.0, 499.0, 749.0, 999.0]
 
 
 def test_every_comfyui_sampler_runs_a_step(flashface, inputs):

@@ -39,7 +39,7 @@ def calls(monkeypatch):
 
         monkeypatch.setattr(module, name, wrapper)
 
-    counting(reference_pass, "compute_reference_features", "reference_pass")
+    counting(reference_pass, "reference_pass_at", "reference_pass")
     counting(shared_encoder, "_forward_shared", "shared_encoder")
     counting(reference_attention, "merged_reference_attention_term", "merged_attention")
     return counts

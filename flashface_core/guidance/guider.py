@@ -55,7 +55,8 @@ class FlashFaceCFGGuider(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         model_sampling = self.inner_model.model_sampling
-        unet_timestep = model_sampling.timestep(timestep[:1])
+        # Worked out on the CPU (as the official timestep rule is): one read of the sigma per step.
+        unet_timestep = model_sampling.timestep(timestep[:1].cpu())
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
         launched = float(unet_timestep) <= self.launch_t
         if launched:

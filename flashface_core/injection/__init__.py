@@ -1,1 +1,2 @@
-"""The reference injection: the reference pass, the reference attention patches and the wrappers that carry them."""
+"""The reference injection: the reference pass, a run's reference features (prefetched for its
+schedule), the reference attention patches and the wrappers that carry them."""

@@ -1,35 +1,18 @@
-"""The reference pass: the reference faces through the reference U-Net at a call's timestep.
+"""The reference pass: the reference faces through the reference U-Net at one or more timesteps.
 
 It records, at every reference-attention layer, the keys and values of the features there
-(R in ``reference_attention.py``), once per person. The result depends only on the references, the negative
-prompt, the timestep and the weights, so it is reused within a step (the run's state), and
-across runs (the MODEL's ``ReferenceCache``, a speed lever).
+(R in ``reference_attention.py``). The result depends only on the references, the negative
+prompt, the timestep and the weights, so a run computes it for several timesteps of its
+schedule at once and reuses it across its steps (``run_references.py``), and across runs
+(the MODEL's ``ReferenceCache``, a speed lever).
 """
-
-from dataclasses import dataclass
 
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import forward_timestep_embed
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from ..contract import CACHE_KEY, RUN_STATE_KEY, FlashFaceSettings, get_speed
 from ..model.key_layout import reference_attention_name
 from ..model.references import FlashFaceReferences
-from ..speed.reference_cache import CacheKey
-
-
-@dataclass
-class ReferenceFeatureCache:
-    """Per sampling run: the reference pass's result for the last timestep, one entry per
-    person, so conditions split over several U-Net calls in one step reuse it, and each
-    person's reference latents as the model reads them. Shared by the run's option copies."""
-
-    timestep: float | None = None
-    features: list | None = None
-    latents: list | None = None
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 def reference_latents(model, references: FlashFaceReferences, device, dtype) -> torch.Tensor:
@@ -39,7 +22,7 @@ def reference_latents(model, references: FlashFaceReferences, device, dtype) -> 
 
 # Faces per reference U-Net batch: the pass's activations stay those of a few faces however
 # many there are. Each face runs on its own (convolutions, group norms and attention within
-# one face), so chunks give the same features as one batch.
+# one face), so batches give the same features as one face at a time.
 REFERENCE_PASS_CHUNK = 8
 
 
@@ -47,30 +30,53 @@ def compute_reference_features(model, references: FlashFaceReferences | None, co
                                device, dtype, latents=None, chunk: int = REFERENCE_PASS_CHUNK) -> dict:
     """Run the reference U-Net on one person's ``references`` at ``timestep`` and return each
     reference-attention layer's (K, V) of the recorded features, projected once for every row
-    that reads them.
+    that reads them. ``latents``, when given, are the references as the model reads them
+    (``reference_latents``); ``chunk`` faces run per U-Net batch."""
+    if latents is None:
+        latents = reference_latents(model, references, device, dtype)
+    return reference_pass_at(model, latents, context, [float(timestep)], device, dtype, chunk)[0]
+
+
+def reference_pass_at(model, latents: torch.Tensor, context: torch.Tensor, timesteps: list[float], device, dtype,
+                      batch: int = REFERENCE_PASS_CHUNK) -> list[dict]:
+    """The reference pass of ``latents`` at each of ``timesteps``, in U-Net batches of at most
+    ``batch`` samples (a sample: one face at one timestep, each with its own time embedding).
 
     As released, the pass runs the reference encoder, the *main* middle block and the
     reference decoder, with the negative prompt (``context``) as context and no mask channel.
-    It runs ``chunk`` faces at a time; the features of all faces are joined along the token axis.
-    ``latents``, when given, are the references as the model reads them (``reference_latents``).
+    Samples run on their own, so any batching gives the features of one face at one timestep
+    at a time. Returns, per timestep, each layer's (K, V) with every face's tokens joined, [1, N*L, C].
     """
-    layers = model.reference_attention
-    if latents is None:
-        latents = reference_latents(model, references, device, dtype)
-    parts = [_reference_pass(model, context, timestep, device, dtype, latents[start:start + chunk])
-             for start in range(0, latents.shape[0], chunk)]
-    if len(parts) == 1:
-        return parts[0]
-    return {name: tuple(torch.cat([part[name][i] for part in parts], dim=1) for i in (0, 1)) for name in layers.keys()}
+    faces = latents.shape[0]
+    samples = len(timesteps) * faces
+    steps = torch.tensor(timesteps, dtype=torch.float32).repeat_interleave(faces).to(device)
+    parts = []  # per U-Net batch: name -> (K, V) of its samples, [1, b*L, C]
+    for start in range(0, samples, batch):
+        faces_here = torch.arange(start, min(start + batch, samples), device=latents.device) % faces
+        parts.append((start, _reference_pass(model, context, steps[start:start + batch], device, dtype, latents[faces_here])))
+    tokens = {name: pair[0].shape[1] // min(batch, samples) for name, pair in parts[0][1].items()}
+    return [{name: tuple(_sample_range(parts, i, name, index * faces, faces, tokens[name]) for i in (0, 1)) for name in tokens}
+            for index in range(len(timesteps))]
 
 
-def _reference_pass(model, context: torch.Tensor, timestep: torch.Tensor, device, dtype, latents) -> dict:
+def _sample_range(parts: list, i: int, name: str, first: int, count: int, tokens: int) -> torch.Tensor:
+    """The tokens of samples ``first`` .. ``first + count`` of K (i = 0) or V (i = 1) at layer
+    ``name``: a view where one U-Net batch holds them all, else the batches' pieces joined."""
+    pieces = []
+    for start, features in parts:
+        size = features[name][i].shape[1] // tokens
+        low, high = max(first, start), min(first + count, start + size)
+        if low < high:
+            pieces.append(features[name][i][:, (low - start) * tokens:(high - start) * tokens])
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+
+def _reference_pass(model, context: torch.Tensor, steps: torch.Tensor, device, dtype, latents) -> dict:
     unet = model.diffusion_model
     reference_unet = model.reference_unet
     layers = model.reference_attention
     count = latents.shape[0]
     context = context.to(device=device, dtype=dtype).expand(count, -1, -1)
-    steps = timestep.reshape(1).to(device).expand(count)
     emb = unet.time_embed(timestep_embedding(steps, unet.model_channels).to(dtype))
 
     features = {}
@@ -101,58 +107,21 @@ def _reference_pass(model, context: torch.Tensor, timestep: torch.Tensor, device
     return features
 
 
-def _cache_key(model, context: torch.Tensor, latents: torch.Tensor, device, dtype) -> CacheKey | None:
-    """What the reference pass read besides the timestep; None when the weights are not known
-    (a model not loaded by its patcher) or hooks patch them per condition."""
-    weights = getattr(model, "current_weight_patches_uuid", None)
-    patcher = getattr(model, "current_patcher", None)
-    if weights is None or patcher is None or patcher.current_hooks is not None:
-        return None
-    return CacheKey(latents, context, weights, dtype, torch.device(device))
-
-
-def _people_reference_pass(model, latents: list, context, timestep, device, dtype) -> list[dict]:
-    """One reference pass over several people's faces (in chunks, as for one person), split back
-    per person: faces run on their own, so this equals a pass per person in fewer U-Net batches."""
-    if len(latents) == 1:
-        return [compute_reference_features(model, None, context, timestep, device, dtype, latents[0])]
+def people_reference_pass_at(model, latents: list, context, timesteps: list[float], device, dtype,
+                             batch: int = REFERENCE_PASS_CHUNK) -> list[list[dict]]:
+    """One reference pass over several people's faces at ``timesteps`` (``reference_pass_at``),
+    split back per timestep and person: faces run on their own, so this equals a pass per
+    person and timestep in fewer U-Net batches."""
     counts = [part.shape[0] for part in latents]
-    joined = compute_reference_features(model, None, context, timestep, device, dtype, torch.cat(latents))
-    people = [{} for _ in counts]
-    for name, pair in joined.items():
-        tokens = pair[0].shape[1] // sum(counts)
-        for person, parts in zip(people, zip(*(t.split([count * tokens for count in counts], dim=1) for t in pair))):
-            person[name] = parts
-    return people
-
-
-def reference_features(model, settings: FlashFaceSettings, timestep: torch.Tensor, device, dtype, transformer_options: dict) -> list[dict]:
-    """The reference pass at ``timestep``, one features dict per person: from this run's last
-    step, the MODEL's cache (keyed by each person's references), or run now (one pass for
-    every person the cache does not hold)."""
-    step = float(timestep)
-    run = transformer_options.get(RUN_STATE_KEY)
-    if run is not None and run.timestep == step:
-        return run.features
-    speed = get_speed(transformer_options)
-    cache = transformer_options.get(CACHE_KEY) if speed.cache_reference_pass else None
-    context = settings.reference_context
-    known = run.latents if run is not None and run.latents is not None else [None] * len(settings.people)
-    all_latents, keys, all_features = [], [], []
-    for person, latents in zip(settings.people, known):
-        if latents is None or latents.device != torch.device(device) or latents.dtype != dtype:
-            latents = reference_latents(model, person.references, device, dtype)
-        key = _cache_key(model, context, latents, device, dtype) if cache is not None else None
-        all_latents.append(latents)
-        keys.append(key)
-        all_features.append(cache.get(key, step) if key is not None else None)
-    missing = [i for i, features in enumerate(all_features) if features is None]
-    if missing:
-        computed = _people_reference_pass(model, [all_latents[i] for i in missing], context, timestep, device, dtype)
-        for i, features in zip(missing, computed):
-            all_features[i] = features
-            if keys[i] is not None:
-                cache.put(keys[i], step, features)
-    if run is not None:
-        run.timestep, run.features, run.latents = step, all_features, all_latents
-    return all_features
+    joined = reference_pass_at(model, torch.cat(latents) if len(latents) > 1 else latents[0], context, timesteps, device, dtype, batch)
+    if len(latents) == 1:
+        return [[features] for features in joined]
+    at_timesteps = []
+    for features in joined:
+        people = [{} for _ in counts]
+        for name, pair in features.items():
+            tokens = pair[0].shape[1] // sum(counts)
+            for person, parts in zip(people, zip(*(t.split([count * tokens for count in counts], dim=1) for t in pair))):
+                person[name] = parts
+        at_timesteps.append(people)
+    return at_timesteps

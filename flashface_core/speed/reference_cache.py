@@ -74,8 +74,15 @@ def _nbytes(features: dict) -> int:
     return sum(t.nbytes for pair in features.values() for t in pair)
 
 
-def _moved(features: dict, device: torch.device) -> dict:
-    return {name: tuple(t.to(device, non_blocking=True) for t in pair) for name, pair in features.items()}
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in system memory, on its own storage (not a view that keeps a larger batch alive)."""
+    t = t.to(STORE_DEVICE)
+    return t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
+
+
+def moved(features: dict, device: torch.device) -> dict:
+    """``features`` on ``device`` (the same tensors where they are there already)."""
+    return {name: tuple(t.to(device) for t in pair) for name, pair in features.items()}
 
 
 class ReferenceCache:
@@ -109,34 +116,47 @@ class ReferenceCache:
                 return group
         return None
 
+    def kept(self, key: CacheKey) -> dict:
+        """Every timestep kept for ``key``, {timestep: features in system memory}, to read only:
+        a run matches its key once instead of at every step."""
+        group = self._group(key)
+        return {} if group is None else group.features
+
     def get(self, key: CacheKey, timestep: float) -> dict | None:
         """The features kept for ``key`` at ``timestep``, on ``key.device``."""
-        group = self._group(key)
-        features = None if group is None else group.features.get(timestep)
-        return None if features is None else _moved(features, key.device)
+        features = self.kept(key).get(timestep)
+        return None if features is None else moved(features, key.device)
 
     def put(self, key: CacheKey, timestep: float, features: dict):
-        """Keep ``features`` (a copy in system memory) if they fit the bound."""
+        """Keep ``features`` at ``timestep`` (a copy in system memory) if they fit the bound."""
+        self.put_all(key, {timestep: features})
+
+    def put_all(self, key: CacheKey, by_timestep: dict):
+        """Keep ``by_timestep`` ({timestep: features}, copied to system memory) while it fits the bound."""
         group = self._group(key)
         if group is None:
             group = _Group(key)
             self._groups.append(group)
-        size, limit = _nbytes(features), self.limit_mb * MB
-        while self.nbytes + size > limit and self._groups[0] is not group:
-            self._groups.pop(0)
-        if self.nbytes + size > limit:
-            if not group.warned:
-                group.warned = True
-                logger.info(
-                    "FlashFace: the reference-pass cache is full (%d MB, %d timesteps kept); other timesteps recompute "
-                    "the reference pass. Raise reference_cache_mb on Load FlashFace Model to keep more.", self.limit_mb,
-                    len(group.features),
-                )
-            if not group.features:
-                self._groups.remove(group)
-            return
-        group.features[timestep] = {name: tuple(t.to(STORE_DEVICE) for t in pair) for name, pair in features.items()}
-        group.nbytes += size
+        limit = self.limit_mb * MB
+        for timestep, features in by_timestep.items():
+            if timestep in group.features:
+                continue
+            size = _nbytes(features)
+            while self.nbytes + size > limit and self._groups[0] is not group:
+                self._groups.pop(0)
+            if self.nbytes + size > limit:
+                if not group.warned:
+                    group.warned = True
+                    logger.info(
+                        "FlashFace: the reference-pass cache is full (%d MB, %d timesteps kept); other timesteps recompute "
+                        "the reference pass. Raise reference_cache_mb on Load FlashFace Model to keep more.", self.limit_mb,
+                        len(group.features),
+                    )
+                break
+            group.features[timestep] = {name: tuple(_stored(t) for t in pair) for name, pair in features.items()}
+            group.nbytes += size
+        if not group.features:
+            self._groups.remove(group)
 
     def clear(self):
         self._groups.clear()

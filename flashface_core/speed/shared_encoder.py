@@ -54,21 +54,24 @@ def copy_matches_comfyui() -> bool:
     return not changed
 
 
-def _rows_equal(t: torch.Tensor | None, i: slice, j: slice) -> bool:
-    return t is None or torch.equal(t[i], t[j])
+def _chunks_equal(t: torch.Tensor, chunks: int) -> torch.Tensor:
+    """[chunks, chunks] booleans (on t's device): whether chunk i of t equals chunk j."""
+    flat = t.reshape(chunks, -1)
+    return (flat[:, None] == flat[None, :]).all(-1)
 
 
 def duplicate_chunks(x, timesteps, context, control, chunks: int) -> list[int] | None:
-    """For each chunk of the batch, the first chunk with the same encoder inputs; None if all differ."""
+    """For each chunk of the batch, the first chunk with the same encoder inputs; None if all differ.
+
+    Every input's chunks are compared on the device and read back once: one host sync per call."""
     if chunks < 2 or x.shape[0] % chunks:
         return None
-    rows = x.shape[0] // chunks
-    span = [slice(c * rows, (c + 1) * rows) for c in range(chunks)]
     inputs = [x, timesteps, context] + [c for c in (control or {}).get("input", []) if c is not None]
+    same = torch.stack([_chunks_equal(t, chunks) for t in inputs if t is not None]).all(0).tolist()
     first = list(range(chunks))
     for j in range(1, chunks):
         for i in range(j):
-            if first[i] == i and all(_rows_equal(t, span[i], span[j]) for t in inputs):
+            if first[i] == i and same[i][j]:
                 first[j] = i
                 break
     return first if first != list(range(chunks)) else None
@@ -86,13 +89,20 @@ def _supported(unet, transformer_options: dict, kwargs: dict) -> bool:
     )
 
 
+@torch.compiler.disable
+def shared_chunks(unet, x, timesteps, context, y, control, transformer_options: dict, kwargs: dict) -> list[int] | None:
+    """``duplicate_chunks`` where the lever is on and the call is one ``_forward_shared``
+    reproduces. It reads the comparison back to the host, so under ``torch.compile`` it runs
+    eagerly: one graph break, before the forward that follows is traced."""
+    if not (get_speed(transformer_options).share_encoder and y is None and _supported(unet, transformer_options, kwargs)):
+        return None
+    return duplicate_chunks(x, timesteps, context, control, len(transformer_options.get("cond_or_uncond") or []))
+
+
 def diffusion_model_with_shared_encoder(executor, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
     """DIFFUSION_MODEL wrapper: share the encoder between chunks with identical inputs."""
     unet = executor.class_obj
-    cond_or_uncond = transformer_options.get("cond_or_uncond") or []
-    first = None
-    if get_speed(transformer_options).share_encoder and y is None and _supported(unet, transformer_options, kwargs):
-        first = duplicate_chunks(x, timesteps, context, control, len(cond_or_uncond))
+    first = shared_chunks(unet, x, timesteps, context, y, control, transformer_options, kwargs)
     if first is None:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     return _forward_shared(unet, x, timesteps, context, control, transformer_options, first)
@@ -102,8 +112,8 @@ def _forward_shared(unet, x, timesteps, context, control, transformer_options: d
     chunks = len(first)
     rows = x.shape[0] // chunks
     kept = sorted(set(first))
-    keep = torch.cat([torch.arange(c * rows, (c + 1) * rows) for c in kept]).to(x.device)
-    repeat = torch.cat([torch.arange(kept.index(f) * rows, (kept.index(f) + 1) * rows) for f in first]).to(x.device)
+    keep = torch.cat([torch.arange(c * rows, (c + 1) * rows, device=x.device) for c in kept])
+    repeat = torch.cat([torch.arange(kept.index(f) * rows, (kept.index(f) + 1) * rows, device=x.device) for f in first])
     patches = transformer_options.get("patches", {})
 
     transformer_options["original_shape"] = list(x.shape)
